@@ -1,0 +1,1 @@
+"""client role of Corolla (see ARCHITECTURE.md)."""

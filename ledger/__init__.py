@@ -1,0 +1,1 @@
+"""ledger role of Corolla (see ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""models role of Corolla (see ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""node role of Corolla (see ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""protocol role of Corolla (see ARCHITECTURE.md)."""

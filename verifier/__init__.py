@@ -1,0 +1,1 @@
+"""verifier role of Corolla (see ARCHITECTURE.md)."""
