@@ -1,0 +1,148 @@
+"""An inference session through a chain of nodes, with recovery that replays history.
+
+Each node keeps its own attention cache; the client keeps, per node, the hidden states
+it sent (`SpanSession.history`). When a node fails, it is banned, a new chain covering
+the same blocks is opened and the stored inputs are replayed through it before the
+current step continues, so the replacement's cache is exactly what the failed node's was
+(correct by construction: nothing is recomputed from outputs we did not keep).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from client.receipt_book import request_ref_for_step
+from client.remote_calls import CallResult, NodeFailure, SpanSession, new_session_id
+from client.swarm_context import SwarmContext
+from protocol.receipts import Kind, SignedReceipt
+
+logger = logging.getLogger("corolla.client")
+
+OPEN_TIMEOUT_S = 10.0
+PREFILL_TIMEOUT_S = 60.0
+MIN_STEP_TIMEOUT_S = 3.0
+
+
+class SessionLengthError(ValueError):
+    """More positions than the session's max_length."""
+
+
+class InferenceSession:
+    """Use as a context manager; `step(hidden)` sends new positions and returns block outputs."""
+
+    def __init__(self, swarm: SwarmContext, max_length: int):
+        self.swarm = swarm
+        self.max_length = max_length
+        self.session_id = new_session_id()
+        self.spans: list[SpanSession] = []
+        self.position = 0
+        self.steps = 0
+        self.batch: int | None = None
+        self.closed = False
+        self.last_compute_ms: list[float] = []  # per hop, as reported by the nodes for the last step
+        self.last_rtt_ms: list[float] = []  # per hop, stream round trip of the last step
+
+    # ----- sync API (any thread but the loop's) --------------------------------------
+
+    def step(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.closed:
+            raise RuntimeError("inference session is closed")
+        if hidden.ndim != 3:
+            raise ValueError(f"hidden states must be [batch, seq, hidden], got {list(hidden.shape)}")
+        if self.batch is not None and hidden.shape[0] != self.batch:
+            raise ValueError(f"this session has batch {self.batch}, got {hidden.shape[0]}")
+        if self.position + hidden.shape[1] > self.max_length:
+            raise SessionLengthError(
+                f"inference session max_length is {self.max_length}: {self.position} positions used, "
+                f"{hidden.shape[1]} more requested; open a session with a larger max_length")
+        out = self.swarm.conn.run(self._step(hidden.detach()))
+        self.position += hidden.shape[1]
+        self.steps += 1
+        return out.to(hidden.dtype)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.swarm.conn.run(self._close_all(self.spans))
+            self.spans = []
+
+    def __enter__(self) -> InferenceSession:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ----- on the loop thread ----------------------------------------------------------
+
+    async def _step(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.batch is None:
+            self.batch = hidden.shape[0]
+        if not self.spans:
+            self.spans = await self._open_chain(0, self.swarm.num_blocks, None)
+        x, i, failures, previous = hidden, 0, 0, None
+        self.last_compute_ms, self.last_rtt_ms = [], []
+        while i < len(self.spans):
+            span = self.spans[i]
+            try:
+                result, previous = await self._run_span(span, x, self._timeout(span, x.shape[1]), previous)
+                x = result.output
+                self.last_compute_ms.append(result.response.compute_ms)
+                self.last_rtt_ms.append(result.rtt_s * 1e3)
+                i += 1
+            except NodeFailure as failure:
+                failures += 1
+                self.swarm.fail(failure)
+                if failures >= self.swarm.max_attempts:
+                    raise
+                logger.info("re-routing blocks %d:%d after failure of %s", span.ann.start, span.ann.end,
+                            failure.peer_id[-8:])
+                await self._close_all([span])
+                self.spans[i : i + 1] = await self._open_chain(span.ann.start, span.ann.end, span.prefix(self.position))
+                previous = None  # the replacement chain's receipts restart the chain at this hop
+        return x
+
+    async def _run_span(self, span: SpanSession, x: torch.Tensor, timeout: float,
+                        previous: SignedReceipt | None) -> tuple[CallResult, SignedReceipt | None]:
+        """One step on one node; with an identity, verify, counter-sign and queue the ack."""
+        result = await span.step(x, self.steps, timeout)
+        book = self.swarm.receipts
+        if book is None:
+            return result, None
+        signed = book.verify(span.ann, span.meta, Kind.INFERENCE, self.steps,
+                             request_ref_for_step(self.session_id, self.steps), result, previous)
+        assert signed.client_signature is not None
+        span.pending_acks.append([signed.id, signed.client_signature])
+        return result, signed
+
+    def _timeout(self, span: SpanSession, new_positions: int) -> float:
+        if span.step_time_s == 0.0 or new_positions > 1:
+            return PREFILL_TIMEOUT_S
+        return max(MIN_STEP_TIMEOUT_S, 50 * span.step_time_s)
+
+    async def _open_chain(self, start: int, end: int, prefix: torch.Tensor | None) -> list[SpanSession]:
+        """Open sessions on a chain covering [start, end) and replay `prefix` through it."""
+        assert self.batch is not None
+        for _attempt in range(self.swarm.max_attempts):
+            chain = await self.swarm.router.route(start, end)
+            spans = [SpanSession(self.swarm.conn, ann, self.swarm.meta(ann, self.session_id, 0), self.batch,
+                                 self.max_length) for ann in chain]
+            try:
+                x, previous = prefix, None
+                for span in spans:
+                    await span.open(OPEN_TIMEOUT_S)
+                    if x is not None:
+                        result, previous = await self._run_span(span, x, PREFILL_TIMEOUT_S, previous)
+                        x = result.output
+                return spans
+            except NodeFailure as failure:
+                self.swarm.fail(failure)
+                await self._close_all(spans)
+        raise NodeFailure("?", f"could not open a chain for blocks {start}:{end} in {self.swarm.max_attempts} tries")
+
+    @staticmethod
+    async def _close_all(spans: list[SpanSession]) -> None:
+        for span in spans:
+            await span.close()

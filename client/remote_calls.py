@@ -1,0 +1,176 @@
+"""Calls to one node: forward, backward, and one inference session's stream.
+
+Failures that another node could fix (a vanished peer, a timeout, an internal error, a
+busy node) become `NodeFailure`, which callers answer by banning the peer and
+re-routing. Mistakes in the request itself (bad shapes, too long) stay `RemoteError` and
+reach the user: another node would refuse them too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from client.swarm_connection import SwarmConnection
+from protocol.dht_keys import NodeAnnouncement
+from protocol.messages import (
+    ErrorCode,
+    Frame,
+    RemoteError,
+    RequestMeta,
+    ResponseMeta,
+    WireError,
+    raise_if_error,
+    read_frame,
+    tensor_from_wire,
+    tensor_to_wire,
+    write_frame,
+)
+
+USER_ERRORS = {ErrorCode.BAD_REQUEST, ErrorCode.TOO_LONG, ErrorCode.TOO_LARGE}
+
+
+class NodeFailure(Exception):
+    """A node failed in a way another node may not: ban it and re-route."""
+
+    def __init__(self, peer_id: str, reason: str):
+        super().__init__(f"node {peer_id[-8:]}: {reason}")
+        self.peer_id = peer_id
+        self.reason = reason
+
+
+@dataclass
+class CallResult:
+    output: torch.Tensor
+    response: ResponseMeta
+    sent: Any  # the WireTensor that was sent (its digest is the receipt's input hash)
+    received: Any  # the WireTensor received
+    rtt_s: float
+
+
+def _check_reply(ann: NodeAnnouncement, frame: Frame) -> Frame:
+    try:
+        raise_if_error(frame)
+    except RemoteError as exc:
+        if exc.code in USER_ERRORS:
+            raise
+        raise NodeFailure(ann.peer_id, str(exc)) from exc
+    if frame.kind != "result" or len(frame.tensors) != 1:
+        raise NodeFailure(ann.peer_id, f"malformed reply {frame.kind!r} with {len(frame.tensors)} tensors")
+    return frame
+
+
+async def _guarded(ann: NodeAnnouncement, coro: Any, timeout: float) -> Any:
+    try:
+        return await asyncio.wait_for(coro, timeout)
+    except TimeoutError:
+        raise NodeFailure(ann.peer_id, f"no answer within {timeout:.1f} s") from None
+    except asyncio.IncompleteReadError:
+        raise NodeFailure(ann.peer_id, "stream closed before the reply (node gone?)") from None
+    except WireError as exc:
+        raise NodeFailure(ann.peer_id, f"unreadable reply: {exc}") from None
+    except (ConnectionError, OSError) as exc:
+        raise NodeFailure(ann.peer_id, f"connection failed: {exc}") from None
+    except Exception as exc:  # p2pd errors (dial failures) come as assorted types
+        if isinstance(exc, (RemoteError, NodeFailure)):
+            raise
+        raise NodeFailure(ann.peer_id, f"{type(exc).__name__}: {exc}") from None
+
+
+async def call_span(conn: SwarmConnection, ann: NodeAnnouncement, kind: str, meta: RequestMeta,
+                    tensors: list[torch.Tensor], timeout: float) -> CallResult:
+    """Unary forward or backward on one node."""
+    wires = [tensor_to_wire(t) for t in tensors]
+    started = time.perf_counter()
+    reply = await _guarded(ann, conn.call(ann, kind, Frame(kind, meta.to_meta(), wires)), timeout)
+    reply = _check_reply(ann, reply)
+    # the receipt's input hash covers the last tensor (forward: hidden; backward: output gradient)
+    return CallResult(tensor_from_wire(reply.tensors[0]), ResponseMeta.from_meta(reply.meta), wires[-1],
+                      reply.tensors[0], time.perf_counter() - started)
+
+
+@dataclass
+class SpanSession:
+    """One node's part of an inference session: a stream kept open across steps."""
+
+    conn: SwarmConnection
+    ann: NodeAnnouncement
+    meta: RequestMeta
+    batch: int
+    max_length: int
+    history: list[torch.Tensor] = field(default_factory=list)  # inputs sent, for replay elsewhere
+    position: int = 0
+    step_time_s: float = 0.0
+    pending_acks: list[list[bytes]] = field(default_factory=list)  # counter-signatures to piggy-back
+    _reader: asyncio.StreamReader | None = None
+    _writer: asyncio.StreamWriter | None = None
+
+    async def open(self, timeout: float) -> None:
+        async def _open() -> None:
+            self._reader, self._writer = await self.conn.open_stream(self.ann, "inference")
+            frame = Frame("open_session", {**self.meta.to_meta(), "batch": self.batch, "max_length": self.max_length})
+            await write_frame(self._writer, frame)
+
+        await _guarded(self.ann, _open(), timeout)
+
+    async def step(self, hidden: torch.Tensor, step: int, timeout: float, extra: dict[str, Any] | None = None
+                   ) -> CallResult:
+        assert self._reader is not None and self._writer is not None, "session not opened"
+        wire = tensor_to_wire(hidden)
+        started = time.perf_counter()
+
+        async def _roundtrip() -> Frame:
+            assert self._reader is not None and self._writer is not None
+            await self._flush_acks()
+            await write_frame(self._writer, Frame("step", {"step": step, **(extra or {})}, [wire]))
+            return await read_frame(self._reader)
+
+        reply = _check_reply(self.ann, await _guarded(self.ann, _roundtrip(), timeout))
+        elapsed = time.perf_counter() - started
+        self.step_time_s = elapsed if self.step_time_s == 0 else 0.8 * self.step_time_s + 0.2 * elapsed
+        self.history.append(hidden)
+        self.position += hidden.shape[1]
+        return CallResult(tensor_from_wire(reply.tensors[0]), ResponseMeta.from_meta(reply.meta), wire,
+                          reply.tensors[0], elapsed)
+
+    async def _flush_acks(self) -> None:
+        if self.pending_acks and self._writer is not None:
+            acks, self.pending_acks = self.pending_acks, []
+            await write_frame(self._writer, Frame("ack", {"acks": acks}))
+
+    async def close(self) -> None:
+        if self._writer is None:
+            return
+        writer, self._writer, self._reader = self._writer, None, None
+        try:
+            if self.pending_acks:
+                acks, self.pending_acks = self.pending_acks, []
+                await asyncio.wait_for(write_frame(writer, Frame("ack", {"acks": acks})), 1.0)
+            await asyncio.wait_for(write_frame(writer, Frame("close")), 1.0)
+        except Exception:
+            pass
+        writer.close()
+
+    def prefix(self, positions: int) -> torch.Tensor | None:
+        """The first `positions` inputs sent (the current step's may follow: a node can fail after
+        answering, e.g. with an invalid receipt, and replay must not include that step twice)."""
+        if positions == 0 or not self.history:
+            return None
+        return torch.cat(self.history, dim=1)[:, :positions]
+
+
+async def send_acks(conn: SwarmConnection, ann: NodeAnnouncement, acks: list[list[bytes]]) -> None:
+    """Deliver counter-signatures for forward/backward receipts (best effort, off the hot path)."""
+    try:
+        await asyncio.wait_for(conn.call(ann, "ack", Frame("ack", {"acks": acks})), 10.0)
+    except Exception:
+        pass
+
+
+def new_session_id() -> bytes:
+    return os.urandom(16)

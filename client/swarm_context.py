@@ -1,0 +1,34 @@
+"""Everything a distributed model needs to reach its blocks: connection, router, identity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from client.remote_calls import NodeFailure
+from client.routing import Router
+from client.swarm_connection import SwarmConnection
+from protocol.dht_keys import NodeAnnouncement
+from protocol.messages import RequestMeta
+
+
+@dataclass
+class SwarmContext:
+    conn: SwarmConnection
+    router: Router
+    manifest_hash: bytes
+    num_blocks: int
+    client_key: bytes = b""
+    receipts: Any = None  # client.receipt_book.ReceiptBook when the client has an identity
+    max_attempts: int = 5
+
+    def meta(self, ann: NodeAnnouncement, session_id: bytes, step: int, request_ref: bytes = b"") -> RequestMeta:
+        return RequestMeta(model=self.manifest_hash, start=ann.start, end=ann.end, client_key=self.client_key,
+                           request_ref=request_ref, session_id=session_id, step=step)
+
+    def fail(self, failure: NodeFailure) -> None:
+        """Ban a node that failed, at once (recovery never dials it again this session)."""
+        self.router.ban(failure.peer_id, failure.reason)
+
+    def close(self) -> None:
+        self.conn.close()

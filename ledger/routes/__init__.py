@@ -1,0 +1,1 @@
+"""HTTP routes of the ledger, one module per resource."""

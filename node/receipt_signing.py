@@ -1,0 +1,170 @@
+"""Signed receipts on the node: one per forward, backward and inference step.
+
+For each step the node commits to the input it received (digest of the wire tensor), the
+output it sends (digest of the wire tensor) and a Merkle root over its blocks' outputs,
+signs the receipt, appends it to the durable outbox *before* replying, and keeps what a
+challenge needs (node/openings.py). Client counter-signatures arrive as `ack` frames
+(on the session stream or the `ack` RPC) and are checked before they reach the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from node.openings import RetentionStore, SessionRecord, StepRecord
+from node.receipt_outbox import ReceiptOutbox, default_outbox_path
+from protocol.hashing import digest, tensor_digest_raw
+from protocol.identity import Identity, verify_signature
+from protocol.merkle import block_root
+from protocol.messages import Frame, RequestMeta, WireTensor, read_frame, write_frame
+from protocol.receipts import ZERO32, Kind, Receipt, SignedReceipt, ack_message
+from protocol.tensor_hash import tensor_digest
+
+logger = logging.getLogger("corolla.node")
+
+
+def request_ref_for_step(session_id: bytes, step: int) -> bytes:
+    """The request reference of an inference step (client and node compute the same)."""
+    return digest(b"COROLLA/request-ref/v1" + session_id + step.to_bytes(4, "big"))
+
+
+def wire_digest(wire: WireTensor) -> bytes:
+    return tensor_digest_raw(wire.dtype, tuple(wire.shape), wire.data)
+
+
+def _bytes32(value: bytes) -> bytes:
+    return value if len(value) == 32 else ZERO32
+
+
+@dataclass
+class SessionState:
+    meta: RequestMeta
+    session_id: bytes
+    record: SessionRecord = field(default_factory=SessionRecord)
+
+
+class ReceiptSigner:
+    def __init__(self, identity: Identity, outbox: ReceiptOutbox, span: Any, manifest_hash: bytes,
+                 shipper: Any = None, retention: RetentionStore | None = None):
+        self.identity = identity
+        self.public_key = identity.public_key
+        self.outbox = outbox
+        self.span = span
+        self.manifest_hash = manifest_hash
+        self.shipper = shipper
+        self.retention = retention or RetentionStore()
+        self.unknown_acks = 0
+
+    @classmethod
+    def from_config(cls, key_path: str, outbox_path: str | None, ledger_url: str | None, span: Any,
+                    manifest_hash: bytes) -> ReceiptSigner:
+        identity = Identity.load_or_create(key_path)
+        outbox = ReceiptOutbox(outbox_path or default_outbox_path(key_path), synchronous="NORMAL")
+        shipper = None
+        if ledger_url:
+            from node.receipt_shipper import ReceiptShipper
+
+            shipper = ReceiptShipper(outbox, ledger_url, identity)
+        return cls(identity, outbox, span, manifest_hash, shipper)
+
+    async def start(self) -> None:
+        if self.shipper is not None:
+            self.shipper.start()
+
+    async def stop(self) -> None:
+        if self.shipper is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.shipper.stop)
+        self.outbox.close()
+
+    # ----- signing (compute thread) ------------------------------------------------------
+
+    def _sign(self, kind: Kind, meta: RequestMeta, session_id: bytes, step: int, batch: int, tokens: int,
+              input_hash: bytes, output_hash: bytes, leaves: list[bytes], request_ref: bytes) -> SignedReceipt:
+        receipt = Receipt(
+            node_key=self.public_key, client_key=_bytes32(meta.client_key), model=self.manifest_hash,
+            block_start=self.span.start, block_end=self.span.end, kind=kind, session_id=session_id, step=step,
+            batch=batch, tokens=tokens, input_hash=input_hash, output_hash=output_hash,
+            blocks_root=block_root(leaves), request_ref=_bytes32(request_ref),
+            timestamp_ms=int(time.time() * 1000))
+        signed = receipt.sign(self.identity)
+        self.outbox.append(signed)  # durable before the reply leaves
+        return signed
+
+    def sign_call(self, kind_name: str, meta: RequestMeta, input_wire: WireTensor, out: torch.Tensor,
+                  per_block: list[torch.Tensor], hidden: torch.Tensor) -> bytes:
+        """Forward: commit to the received input, the output and every block's output."""
+        leaves = [tensor_digest(o) for o in per_block]
+        session_id = meta.session_id if len(meta.session_id) == 16 else os.urandom(16)
+        batch, length = hidden.shape[0], hidden.shape[1]
+        signed = self._sign(Kind.FORWARD, meta, session_id, meta.step, batch, batch * length,
+                                        wire_digest(input_wire), tensor_digest(out), leaves, meta.request_ref)
+        record = SessionRecord()
+        record.steps.append(StepRecord(hidden, per_block, leaves))
+        self.retention.add(signed, record, 0)
+        return signed.to_bytes()
+
+    def sign_backward(self, meta: RequestMeta, grad_wire: WireTensor, grad_in: torch.Tensor,
+                      hidden: torch.Tensor) -> bytes:
+        """Backward: input = incoming output gradient, output = input gradient, root = forward blocks."""
+        with torch.inference_mode():
+            _, per_block = self.span.forward(hidden, block_outputs=True)
+        leaves = [tensor_digest(o) for o in per_block]
+        session_id = meta.session_id if len(meta.session_id) == 16 else os.urandom(16)
+        batch, length = hidden.shape[0], hidden.shape[1]
+        signed = self._sign(Kind.BACKWARD, meta, session_id, meta.step, batch, batch * length,
+                                        wire_digest(grad_wire), tensor_digest(grad_in), leaves, meta.request_ref)
+        record = SessionRecord()
+        record.steps.append(StepRecord(hidden, per_block, leaves))
+        self.retention.add(signed, record, 0)
+        return signed.to_bytes()
+
+    def new_session(self, meta: RequestMeta, batch: int, max_length: int) -> SessionState:
+        session_id = meta.session_id if len(meta.session_id) == 16 else os.urandom(16)
+        return SessionState(meta, session_id)
+
+    def sign_step(self, state: SessionState, frame: Frame, hidden: torch.Tensor, out: torch.Tensor,
+                  per_block: list[torch.Tensor], step: int) -> bytes:
+        leaves = [tensor_digest(o) for o in per_block]
+        batch, new = hidden.shape[0], hidden.shape[1]
+        ref = frame.meta.get("request_ref") or request_ref_for_step(state.session_id, step)
+        signed = self._sign(Kind.INFERENCE, state.meta, state.session_id, step, batch, batch * new,
+                                        wire_digest(frame.tensors[0]), tensor_digest(out), leaves, bytes(ref))
+        state.record.steps.append(StepRecord(hidden, per_block, leaves))
+        self.retention.add(signed, state.record, len(state.record.steps) - 1)
+        return signed.to_bytes()
+
+    # ----- acknowledgements (event loop) -------------------------------------------------
+
+    def accept_ack(self, meta: dict[str, Any]) -> None:
+        """Record client counter-signatures [(receipt_id, signature), ...] that verify."""
+        for receipt_id, signature in meta.get("acks", []):
+            signed = self.retention.signed(bytes(receipt_id))
+            if signed is None:
+                stored = self.outbox.get(bytes(receipt_id))
+                signed = stored.receipt if stored is not None else None
+            if signed is None:
+                self.unknown_acks += 1
+                continue
+            client_key = signed.receipt.client_key
+            if verify_signature(client_key, ack_message(bytes(receipt_id)), bytes(signature)):
+                self.outbox.attach_client_signature(bytes(receipt_id), bytes(signature))
+            else:
+                logger.warning("ignored an ack with a bad client signature for receipt %s", bytes(receipt_id).hex()[:16])
+
+    async def handle_ack(self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        frame = await read_frame(reader, 1 << 20)
+        if frame.kind == "ack":
+            self.accept_ack(frame.meta)
+        await write_frame(writer, Frame("ok"))
+
+    async def handle_open(self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        frame = await read_frame(reader, 1 << 20)
+        await write_frame(writer, self.retention.openings_frame(frame))
+

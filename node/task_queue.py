@@ -1,0 +1,40 @@
+"""The seam between the event loop and compute: submit a task, await its result.
+
+All block compute runs in one worker thread so the event loop stays responsive (streams,
+DHT refreshes) and torch never runs two spans at once. This is a plain FIFO; the priority
+scheduler (node/task_pool.py) replaces it behind the same `submit` signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What a scheduler may know about a task when ordering it."""
+
+    kind: str  # "forward" | "backward" | "inference" | "open"
+    tokens: int = 0
+    priority: int = 0  # higher first (paid); 0 = free
+    client_key: bytes = b""
+
+
+class TaskQueue:
+    """FIFO of compute tasks executed by one worker thread."""
+
+    def __init__(self) -> None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="corolla-compute")
+
+    async def submit(self, info: TaskInfo, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)` on the compute thread; returns its result (or raises its error)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,108 @@
+"""The receipt outbox keeps every receipt it acknowledged, through kill -9, exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from outbox_fixtures import CLIENT, make_receipt
+
+from node.receipt_outbox import ReceiptOutbox
+
+HERE = Path(__file__).parent
+
+
+@pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
+def test_outbox_survives_kill_9_of_the_writer_between_appends(tmp_path, synchronous):
+    path = tmp_path / "outbox.sqlite"
+    proc = subprocess.Popen([sys.executable, str(HERE / "outbox_writer.py"), str(path), synchronous],
+                            stdout=subprocess.PIPE, text=True, cwd=HERE)
+    acknowledged = []
+    try:
+        for line in proc.stdout:
+            acknowledged.append(bytes.fromhex(line.strip()))
+            if len(acknowledged) == 200:
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert len(acknowledged) == 200
+    assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    with ReceiptOutbox(path) as outbox:
+        for rid in acknowledged:
+            entry = outbox.get(rid)
+            assert entry is not None and entry.receipt.verify_node()
+            assert (entry.receipt.client_signature is not None) == (entry.receipt.receipt.step % 2 == 0)
+        assert outbox.counts().total >= 200  # the killed writer may have committed one more
+        assert outbox.append(make_receipt(10_000))  # and the file is still writable
+
+
+def test_append_is_idempotent_and_adds_a_late_ack(tmp_path):
+    with ReceiptOutbox(tmp_path / "o.sqlite", ack_grace_ms=60_000) as outbox:
+        signed = make_receipt(1)
+        assert outbox.append(signed) and not outbox.append(signed)
+        assert outbox.pending(10) == []  # unacked, inside the grace: the client may still ack
+        assert outbox.pending(10, include_unacked=True) == [signed]
+        assert outbox.attach_client_signature(signed.id, signed.countersign(CLIENT).client_signature)
+        [due] = outbox.pending(10)
+        assert due.verify_client() and due.id == signed.id
+        assert not outbox.append(make_receipt(1, acked=True))
+        assert outbox.counts().total == 1
+        assert not outbox.attach_client_signature(b"\x00" * 32, b"\x00" * 64)
+
+
+def test_unacked_receipts_ship_after_the_grace(tmp_path):
+    with ReceiptOutbox(tmp_path / "o.sqlite", ack_grace_ms=1000) as outbox:
+        outbox.append(make_receipt(1))
+        entry = outbox.get(make_receipt(1).id)
+        assert outbox.pending(10, now_ms=entry.created_ms + 999) == []
+        assert len(outbox.pending(10, now_ms=entry.created_ms + 1000)) == 1
+
+
+def test_shipped_receipts_leave_pending_and_an_ack_after_shipping_requeues_once(tmp_path):
+    with ReceiptOutbox(tmp_path / "o.sqlite", ack_grace_ms=0) as outbox:
+        a, b, c = make_receipt(1), make_receipt(2, acked=True), make_receipt(3)
+        outbox.append_many([a, b, c])
+        outbox.mark_shipped([a], "accepted")
+        outbox.mark_shipped([b.id], "duplicate")
+        outbox.mark_rejected({c.id: "unknown model manifest"})
+        assert outbox.pending(10) == []
+        assert outbox.counts().accepted == 1 and outbox.counts().duplicate == 1 and outbox.counts().rejected == 1
+        assert outbox.get(c.id).reason == "unknown model manifest"
+        outbox.attach_client_signature(a.id, a.countersign(CLIENT).client_signature)
+        assert [s.id for s in outbox.pending(10)] == [a.id]
+        outbox.attach_client_signature(a.id, a.countersign(CLIENT).client_signature)  # no second requeue
+        assert len(outbox.pending(10)) == 1
+        assert outbox.requeue_rejected() == 1 and len(outbox.pending(10)) == 2
+
+
+def test_ack_attached_while_a_batch_is_in_flight_is_not_lost(tmp_path):
+    with ReceiptOutbox(tmp_path / "o.sqlite", ack_grace_ms=0) as outbox:
+        a = make_receipt(1)
+        outbox.append(a)
+        [sent] = outbox.pending(10)  # shipper takes the unacked receipt ...
+        outbox.attach_client_signature(a.id, a.countersign(CLIENT).client_signature)  # ... ack arrives ...
+        outbox.mark_shipped([sent])  # ... ledger answers for the unacked copy
+        [again] = outbox.pending(10)
+        assert again.verify_client()
+
+
+def test_outbox_is_safe_under_concurrent_appenders(tmp_path):
+    with ReceiptOutbox(tmp_path / "o.sqlite", synchronous="NORMAL", ack_grace_ms=0) as outbox:
+        def work(start):
+            for i in range(start, start + 100):
+                outbox.append(make_receipt(i % 150, acked=i % 3 == 0))
+        threads = [threading.Thread(target=work, args=(k * 50,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert outbox.counts().total == 150
+        assert len(outbox.pending(1000)) == 150

@@ -1,0 +1,193 @@
+"""Receipts: every step signed by the node, verified, chained and counter-signed by the client,
+kept in the node's outbox, and open to challenges whose openings match the commitments."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import node.cli as node_cli
+from client.remote_calls import NodeFailure
+from models.span import BlockSpan
+from node.receipt_outbox import ReceiptOutbox
+from protocol.hashing import tensor_digest_raw
+from protocol.merkle import verify_block_proof
+from protocol.messages import (
+    ErrorCode,
+    Frame,
+    open_request,
+    parse_openings,
+    read_frame,
+    tensor_from_wire,
+    write_frame,
+)
+from protocol.receipts import Kind, SignedReceipt
+from protocol.tensor_hash import tensor_digest
+from tests.swarm.conftest import InProcessNode
+
+
+@pytest.fixture(scope="module")
+def receipt_swarm(dht_peer, make_small_model, tmp_path_factory):
+    """Two in-process nodes with identities (blocks 0:2 and 2:4) and a client with one."""
+    from client import AutoDistributedModelForCausalLM
+
+    keys = tmp_path_factory.mktemp("keys")
+    model = make_small_model("llama", seed=4)
+    nodes = [InProcessNode([str(model), "--blocks", span, "--initial-peers", *dht_peer, "--key",
+                            str(keys / f"node{i}.key")]) for i, span in enumerate(["0:2", "2:4"])]
+    for n in nodes:
+        n.wait()
+    client = AutoDistributedModelForCausalLM.from_pretrained(str(model), initial_peers=dht_peer,
+                                                             key=str(keys / "client.key"))
+    yield model, nodes, client, keys
+    client.close()
+    for n in nodes:
+        n.stop()
+
+
+def test_every_generate_step_has_verified_chained_countersigned_receipts(receipt_swarm):
+    model, nodes, client, keys = receipt_swarm
+    book = client.swarm.receipts
+    book.receipts.clear()
+    ids = torch.randint(3, 500, (1, 5), generator=torch.Generator().manual_seed(0))
+    client.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    receipts = [r for r in book.receipts if r.receipt.kind == Kind.INFERENCE]
+    assert len(receipts) == 6 * 2  # 6 steps (prompt + 5 new tokens fed back) x 2 nodes
+    assert all(r.verify_node() and r.verify_client() for r in receipts)
+    by_step: dict[int, list[SignedReceipt]] = {}
+    for r in receipts:
+        by_step.setdefault(r.receipt.step, []).append(r)
+    assert sorted(by_step) == list(range(6))
+    for step, (first, second) in by_step.items():
+        assert (first.receipt.block_start, second.receipt.block_start) == (0, 2)
+        assert first.receipt.output_hash == second.receipt.input_hash
+        assert first.receipt.session_id == second.receipt.session_id
+        assert first.receipt.tokens == (5 if step == 0 else 1)
+    assert {r.receipt.node_key.hex() for r in receipts} == {n.ready["node_key"] for n in nodes}
+
+
+def test_node_outbox_holds_receipts_with_client_signatures(receipt_swarm):
+    model, nodes, client, keys = receipt_swarm
+    client.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, do_sample=False)
+    mine = {r.id for r in client.swarm.receipts.receipts}
+    deadline = time.monotonic() + 10
+    while True:
+        with ReceiptOutbox(keys / "node1.receipts.sqlite", read_only=True) as outbox:
+            acked = [e for e in outbox.list(1000) if e.id in mine and e.receipt.client_signature is not None]
+        if acked or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert acked and all(e.receipt.verify_client() for e in acked)
+
+
+def test_forward_and_backward_calls_have_receipts(receipt_swarm):
+    model, nodes, client, keys = receipt_swarm
+    book = client.swarm.receipts
+    book.receipts.clear()
+    emb = client.get_input_embeddings()(torch.tensor([[3, 4, 5, 6]])).detach().requires_grad_(True)
+    client(inputs_embeds=emb).logits.sum().backward()
+    kinds = [(r.receipt.kind, r.receipt.block_start) for r in book.receipts]
+    assert kinds == [(Kind.FORWARD, 0), (Kind.FORWARD, 2), (Kind.BACKWARD, 2), (Kind.BACKWARD, 0)]
+    fwd0, fwd1, bwd1, bwd0 = book.receipts
+    assert fwd0.receipt.output_hash == fwd1.receipt.input_hash
+    assert bwd1.receipt.output_hash == bwd0.receipt.input_hash
+    assert fwd1.receipt.blocks_root == bwd1.receipt.blocks_root  # both commit to the same forward
+
+
+def open_receipt(client, ann, receipt_id: bytes, block: int) -> Frame:
+    conn = client.swarm.conn
+
+    async def ask() -> Frame:
+        reader, writer = await conn.open_stream(ann, "open")
+        try:
+            await write_frame(writer, open_request(receipt_id, block))
+            return await read_frame(reader)
+        finally:
+            writer.close()
+
+    return conn.run(ask(), timeout=30)
+
+
+def test_challenge_openings_hash_to_commitments_and_recompute(receipt_swarm):
+    model, nodes, client, keys = receipt_swarm
+    book = client.swarm.receipts
+    book.receipts.clear()
+    client.generate(torch.tensor([[9, 10, 11, 12]]), max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    target = next(r for r in book.receipts if r.receipt.block_start == 2 and r.receipt.step == 2)
+    ann = next(a for a in client.swarm.router.announcements if a.start == 2)
+    span = BlockSpan.load(model, 2, 4)
+    for block in (2, 3):
+        openings = parse_openings(open_receipt(client, ann, target.id, block))
+        assert SignedReceipt.from_bytes(openings.signed_receipt).id == target.id
+        inputs, outputs = tensor_from_wire(openings.inputs), tensor_from_wire(openings.outputs)
+        assert inputs.shape == (1, 4 + 2, 64) and outputs.shape == (1, 1, 64)  # prefix 0..5, step rows
+        leaf = tensor_digest(outputs)
+        assert verify_block_proof(leaf, openings.leaf_index, openings.num_leaves, openings.proof,
+                                  target.receipt.blocks_root)
+        if block == 2:
+            last = openings.inputs
+            step_rows = inputs[:, -1:].contiguous()
+            assert tensor_digest_raw(last.dtype, tuple(step_rows.shape), step_rows.numpy().tobytes()) == \
+                target.receipt.input_hash
+        recomputed = span.block_forward(block, inputs.clone())[:, -1:]
+        torch.testing.assert_close(recomputed, outputs, atol=1e-5, rtol=1e-5)
+
+    missing = open_receipt(client, ann, b"\x07" * 32, 2)
+    assert missing.kind == "error" and missing.meta["code"] == ErrorCode.NOT_FOUND
+
+
+def test_node_with_invalid_receipts_is_banned_and_routed_around(receipt_swarm, dht_peer, monkeypatch):
+    """A third node serving 2:4 signs receipts for outputs it did not send: the client drops it."""
+    model, nodes, client, keys = receipt_swarm
+    real_make = node_cli.make_receipts
+
+    def lying_receipts(cfg, span, manifest_hash):
+        signer = real_make(cfg, span, manifest_hash)
+        honest = signer.sign_step
+
+        def sign_step(state, frame, hidden, out, per_block, step):
+            return honest(state, frame, hidden, out + 1.0, per_block, step)  # commits to other output
+
+        signer.sign_step = sign_step
+        return signer
+
+    monkeypatch.setattr(node_cli, "make_receipts", lying_receipts)
+    liar = InProcessNode([str(model), "--blocks", "2:4", "--initial-peers", *dht_peer, "--key",
+                          str(keys / "liar.key")]).wait()
+    monkeypatch.setattr(node_cli, "make_receipts", real_make)
+    try:
+        honest_peer = next(n.peer_id for n in nodes if n.ready["blocks"] == [2, 4])
+        client.swarm.router.rtt[honest_peer] = 10.0  # make the liar look faster, so it is tried first
+        client.swarm.router.fetched_at = -1e9
+        ids = torch.tensor([[20, 21, 22]])
+        with client.inference_session(max_length=8) as session:
+            out = client.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+            assert session.spans[-1].ann.peer_id == honest_peer
+        assert client.swarm.router.banned_until.get(liar.peer_id)
+        from transformers import AutoModelForCausalLM
+
+        ref = AutoModelForCausalLM.from_pretrained(model).eval()
+        assert out.tolist() == ref.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False).tolist()
+    finally:
+        client.swarm.router.rtt.pop(honest_peer, None)
+        liar.stop()
+
+
+def test_receipt_book_rejects_output_it_did_not_receive(receipt_swarm):
+    model, nodes, client, keys = receipt_swarm
+    book = client.swarm.receipts
+    conn = client.swarm.conn
+    from client.remote_calls import call_span
+
+    ann = next(a for a in client.swarm.router.announcements if a.start == 0 and a.online)
+    meta = client.swarm.meta(ann, b"\x01" * 16, 0, request_ref=b"\x02" * 32)
+    result = conn.run(call_span(conn, ann, "forward", meta, [torch.randn(1, 2, 64)], 30))
+    book.verify(ann, meta, Kind.FORWARD, 0, meta.request_ref, result, None)  # honest: accepted
+    tampered = torch.zeros(1, 2, 64)
+    from protocol.messages import tensor_to_wire
+
+    result.received = tensor_to_wire(tampered)
+    with pytest.raises(NodeFailure, match="output hash does not match"):
+        book.verify(ann, meta, Kind.FORWARD, 0, meta.request_ref, result, None)

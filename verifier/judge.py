@@ -1,0 +1,115 @@
+"""Turn evidence about one receipt into a result, the same way for the service and recheck.
+
+Evidence is bytes so a verdict can commit to it (`openings_hash`) and anyone holding it
+can recompute the verdict:
+
+    b"O" + openings blob          the node's openings of the challenged block
+    b"R" + earlier signed receipt  a replay: same output, different input, earlier receipt
+    b"C" + neighbour signed receipt  a chain break with an acknowledged neighbour
+    b""                             no answer (unreachable): nothing to recompute
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from protocol.hashing import digest
+from protocol.receipts import Receipt, SignedReceipt
+from protocol.verdicts import Reason, Result
+from verifier.checks import Finding, check_chain, check_openings, check_replay
+from verifier.openings import NO_OPENINGS, OPENINGS_DOMAIN, Openings
+from verifier.recompute import BlockLoader, compare_block
+from verifier.tolerance import Thresholds
+
+OPENINGS, REPLAY, CHAIN = b"O", b"R", b"C"
+MAX_MEASURED = 1e300  # a verdict's `measured` must be finite
+
+
+@dataclass(frozen=True)
+class Judgement:
+    result: Result
+    reason: Reason
+    detail: str
+    evidence: bytes = b""
+    measured: float = 0.0
+    tolerance: float = 0.0
+    compute_s: float = 0.0
+
+    @property
+    def evidence_hash(self) -> bytes:
+        return evidence_hash(self.evidence)
+
+
+def evidence_hash(evidence: bytes) -> bytes:
+    """The verdict's openings_hash: digest of the evidence, zeros when there is none."""
+    return digest(OPENINGS_DOMAIN + evidence) if evidence else NO_OPENINGS
+
+
+def _fail(finding: Finding, evidence: bytes) -> Judgement:
+    return Judgement(Result.FAIL, finding.reason, finding.detail, evidence)
+
+
+def judge_receipt_only(
+    signed: SignedReceipt, earlier: Iterable[SignedReceipt], neighbours: Iterable[SignedReceipt]
+) -> Judgement | None:
+    """Replay and chain checks (no node contact, no compute); None when both pass."""
+    for e in earlier:
+        finding = check_replay(signed.receipt, [e.receipt])
+        if finding:
+            return _fail(finding, REPLAY + e.to_bytes())
+    for n in neighbours:
+        finding = check_chain(signed, [n])
+        if finding:
+            return _fail(finding, CHAIN + n.to_bytes())
+    return None
+
+
+def judge_openings(
+    receipt: Receipt,
+    openings: Openings,
+    loader: BlockLoader,
+    thresholds: Thresholds,
+    *,
+    history: Iterable[Receipt] = (),
+    device_class: str | None = None,
+) -> Judgement:
+    """Commitment checks, then recomputation of the block against the calibrated bound."""
+    evidence = OPENINGS + openings.to_bytes()
+    finding = check_openings(receipt, openings, history)
+    if finding:
+        return _fail(finding, evidence)
+    cmp = compare_block(loader, thresholds, openings.block, openings.inputs, openings.output, device_class=device_class)
+    measured = cmp.measured if math.isfinite(cmp.measured) else MAX_MEASURED
+    if cmp.ok:
+        return Judgement(Result.PASS, Reason.NONE, "recomputed block within tolerance", evidence, measured,
+                         cmp.tolerance, cmp.compute_s)
+    return Judgement(
+        Result.FAIL, Reason.OUTPUT_MISMATCH,
+        f"block {openings.block} output differs from recomputation: {cmp.measured:.3g} > {cmp.tolerance:.3g}",
+        evidence, measured, cmp.tolerance, cmp.compute_s,
+    )
+
+
+def judge_evidence(
+    signed: SignedReceipt,
+    evidence: bytes,
+    loader: BlockLoader,
+    thresholds: Thresholds,
+    *,
+    history: Iterable[Receipt] = (),
+    device_class: str | None = None,
+) -> Judgement:
+    """Recompute a judgement from stored evidence (what `recheck` runs)."""
+    tag, body = evidence[:1], evidence[1:]
+    if tag == OPENINGS:
+        return judge_openings(signed.receipt, Openings.from_bytes(body), loader, thresholds,
+                              history=history, device_class=device_class)
+    if tag in (REPLAY, CHAIN):
+        other = SignedReceipt.from_bytes(body)
+        if not other.verify_node():
+            raise ValueError("evidence receipt does not carry a valid node signature")
+        found = judge_receipt_only(signed, [other] if tag == REPLAY else [], [other] if tag == CHAIN else [])
+        return found or Judgement(Result.PASS, Reason.NONE, "receipt-only checks pass", evidence)
+    raise ValueError("no evidence to recompute (an unreachable verdict records only that the node did not answer)")
