@@ -57,9 +57,17 @@ def make_nodes(model: Path, other: Path, layers: int) -> tuple[dict[str, HonestN
     return cheaters, HonestNode(model, 0, half), HonestNode(model, half, layers)
 
 
-def challenge(node: HonestNode, nxt: HonestNode, client: Client, loader: BlockLoader, th: Thresholds,
-              seen: list, rng: random.Random, hidden: int, shape: tuple[int, int] | None = None,
-              ) -> tuple[bool, float, float]:
+def challenge(
+    node: HonestNode,
+    nxt: HonestNode,
+    client: Client,
+    loader: BlockLoader,
+    th: Thresholds,
+    seen: list,
+    rng: random.Random,
+    hidden: int,
+    shape: tuple[int, int] | None = None,
+) -> tuple[bool, float, float]:
     """One receipt of `node` (followed by an honest hop), challenged once. (failed, node s, verifier s)."""
     batch, length = shape or (rng.choice((1, 2)), rng.randint(4, 32))
     x = torch.randn(batch, length, hidden) * 0.02
@@ -70,8 +78,9 @@ def challenge(node: HonestNode, nxt: HonestNode, client: Client, loader: BlockLo
     d2 = nxt.call(client.identity, d.output, session_id=signed.receipt.session_id)
     neighbour = client.receive(d2)
     t1 = time.process_time()
-    found = judge_receipt_only(signed, [s for s in seen if s.receipt.output_hash == signed.receipt.output_hash],
-                               [neighbour])
+    found = judge_receipt_only(
+        signed, [s for s in seen if s.receipt.output_hash == signed.receipt.output_hash], [neighbour]
+    )
     if found is None:
         block = rng.randrange(signed.receipt.block_start, signed.receipt.block_end)
         found = judge_openings(signed.receipt, node.open(signed.id, block), loader, th)
@@ -81,8 +90,15 @@ def challenge(node: HonestNode, nxt: HonestNode, client: Client, loader: BlockLo
     return found.result.name == "FAIL", node_s, verify_s
 
 
-def inference_cost(node: HonestNode, client: Client, loader: BlockLoader, th: Thresholds, hidden: int,
-                   prompt: int = 32, steps: int = 16) -> float:
+def inference_cost(
+    node: HonestNode,
+    client: Client,
+    loader: BlockLoader,
+    th: Thresholds,
+    hidden: int,
+    prompt: int = 32,
+    steps: int = 16,
+) -> float:
     """Verifier CPU per challenged decode step over node CPU per step (before sampling).
 
     The node runs one new position against its cache; the verifier recomputes the block
@@ -94,8 +110,13 @@ def inference_cost(node: HonestNode, client: Client, loader: BlockLoader, th: Th
     node.call(client.identity, torch.randn(1, prompt, hidden) * 0.02, kind=Kind.INFERENCE, session_id=session)
     for step in range(1, steps + 1):
         t0 = time.process_time()
-        d = node.call(client.identity, torch.randn(1, 1, hidden) * 0.02, kind=Kind.INFERENCE, session_id=session,
-                      step=step)
+        d = node.call(
+            client.identity,
+            torch.randn(1, 1, hidden) * 0.02,
+            kind=Kind.INFERENCE,
+            session_id=session,
+            step=step,
+        )
         t1 = time.process_time()
         signed = client.receive(d)
         block = node.start + step % (node.end - node.start)
@@ -131,32 +152,54 @@ def main(argv: list[str] | None = None) -> int:
             shape = (2, 16) if name == "replay" else None  # a replayer needs a request of a shape it saw
             if name == "replay":  # its first answer is honest work, the rest are replays
                 challenge(node, nxt, client, loader, th, seen, rng, args.hidden, shape)
-            caught = sum(challenge(node, nxt, client, loader, th, seen, rng, args.hidden, shape)[0]
-                         for _ in range(args.challenges))
+            caught = sum(
+                challenge(node, nxt, client, loader, th, seen, rng, args.hidden, shape)[0]
+                for _ in range(args.challenges)
+            )
             detection[name] = caught / args.challenges
         seen, fails, node_s, verify_s = [], 0, 0.0, 0.0
         for _ in range(args.honest):
             failed, ns, vs = challenge(honest, nxt, client, loader, th, seen, rng, args.hidden)
             fails, node_s, verify_s = fails + failed, node_s + ns, verify_s + vs
-        inference_ratio = inference_cost(HonestNode(model, 0, args.layers // 2), client, loader, th, args.hidden)
+        inference_ratio = inference_cost(
+            HonestNode(model, 0, args.layers // 2), client, loader, th, args.hidden
+        )
     fp_rate = fails / args.honest
     cost_fraction = 0.05 * verify_s / node_s
-    print(f"model: llama {args.layers} blocks x hidden {args.hidden}; cheater serves blocks 0:{args.layers // 2}, "
-          f"one block challenged per receipt; thresholds {th.metric}")
-    print(f"{'adversary':18} {'detect/challenge':>16} " + " ".join(f"{'E[receipts] @' + f'{r:.0%}':>16}" for r in RATES))
+    print(
+        f"model: llama {args.layers} blocks x hidden {args.hidden}; cheater serves blocks 0:{args.layers // 2}, "
+        f"one block challenged per receipt; thresholds {th.metric}"
+    )
+    print(
+        f"{'adversary':18} {'detect/challenge':>16} "
+        + " ".join(f"{'E[receipts] @' + f'{r:.0%}':>16}" for r in RATES)
+    )
     for name, rate in detection.items():
         cells = " ".join(f"{(1 / (r * rate) if rate else float('inf')):16.1f}" for r in RATES)
         print(f"{name:18} {rate:16.3f} {cells}")
     print(f"honest: {fails} false failures in {args.honest} checks (rate {fp_rate:.4f})")
-    print(f"cost: verifier {verify_s / args.honest * 1e3:.2f} ms CPU per check, node {node_s / args.honest * 1e3:.2f} ms "
-          f"CPU per receipt -> {cost_fraction:.4f} of audited compute at 5 % sampling (forward receipts)")
-    print(f"inference: a challenged decode step (prefix 33-48) costs the verifier {inference_ratio:.2f}x the node's "
-          f"step (the node decodes against its cache, the verifier recomputes the prefix) -> {0.05 * inference_ratio:.4f} at 5 %")
+    print(
+        f"cost: verifier {verify_s / args.honest * 1e3:.2f} ms CPU per check, node {node_s / args.honest * 1e3:.2f} ms "
+        f"CPU per receipt -> {cost_fraction:.4f} of audited compute at 5 % sampling (forward receipts)"
+    )
+    print(
+        f"inference: a challenged decode step (prefix 33-48) costs the verifier {inference_ratio:.2f}x the node's "
+        f"step (the node decodes against its cache, the verifier recomputes the prefix) -> {0.05 * inference_ratio:.4f} at 5 %"
+    )
     if args.json:
-        print(json.dumps({"detection_rate": detection, "false_positive_rate": fp_rate, "cost_fraction": cost_fraction,
-                          "cost_fraction_inference": 0.05 * inference_ratio,
-                          "expected_receipts_to_detection": {n: {str(r): (1 / (r * d) if d else None) for r in RATES}
-                                                             for n, d in detection.items()}}))
+        print(
+            json.dumps(
+                {
+                    "detection_rate": detection,
+                    "false_positive_rate": fp_rate,
+                    "cost_fraction": cost_fraction,
+                    "cost_fraction_inference": 0.05 * inference_ratio,
+                    "expected_receipts_to_detection": {
+                        n: {str(r): (1 / (r * d) if d else None) for r in RATES} for n, d in detection.items()
+                    },
+                }
+            )
+        )
     return 0
 
 

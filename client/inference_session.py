@@ -108,6 +108,7 @@ class InferenceSession:
                         previous: SignedReceipt | None) -> tuple[CallResult, SignedReceipt | None]:
         """One step on one node; with an identity, verify, counter-sign and queue the ack."""
         result = await span.step(x, self.steps, timeout)
+        self.swarm.observe(span.meta, result.response)
         book = self.swarm.receipts
         if book is None:
             return result, None

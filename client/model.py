@@ -144,7 +144,7 @@ class AutoDistributedModelForCausalLM:
     @staticmethod
     def from_pretrained(model: str, initial_peers: list[str], *, dtype: torch.dtype = torch.float32,
                         key: str | None = None, refresh_s: float = 10.0, ban_s: float = 60.0,
-                        **kwargs: Any) -> DistributedModelForCausalLM:
+                        spending: Any = None, **kwargs: Any) -> DistributedModelForCausalLM:
         from client.routing import Router
         from client.swarm_connection import SwarmConnection
         from models.loading import resolve_model_dir
@@ -158,7 +158,7 @@ class AutoDistributedModelForCausalLM:
         manifest_hash = manifest.manifest_hash()
         router = Router(lambda: conn.announcements(manifest_hash), manifest.num_blocks,
                         refresh_s=refresh_s, ban_s=ban_s)
-        swarm = SwarmContext(conn, router, manifest_hash, manifest.num_blocks)
+        swarm = SwarmContext(conn, router, manifest_hash, manifest.num_blocks, spending=spending)
         if key is not None:
             from client.receipt_book import ReceiptBook
 

@@ -44,6 +44,7 @@ class RemoteBlocks:
     def _accept(self, ann: NodeAnnouncement, meta: RequestMeta, kind: Kind, result: CallResult,
                 previous: SignedReceipt | None) -> SignedReceipt | None:
         """Verify and counter-sign the receipt (if we have an identity); ack it in the background."""
+        self.swarm.observe(meta, result.response)
         book = self.swarm.receipts
         if book is None:
             return None

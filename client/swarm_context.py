@@ -20,11 +20,21 @@ class SwarmContext:
     num_blocks: int
     client_key: bytes = b""
     receipts: Any = None  # client.receipt_book.ReceiptBook when the client has an identity
+    spending: Any = None  # client.spending.SpendingPolicyBase: tickets to attach (None = free)
     max_attempts: int = 5
 
     def meta(self, ann: NodeAnnouncement, session_id: bytes, step: int, request_ref: bytes = b"") -> RequestMeta:
+        ticket, bid = b"", 0
+        if self.spending is not None:
+            offer = self.spending.offer()
+            ticket, bid = offer.ticket, offer.bid_per_token
         return RequestMeta(model=self.manifest_hash, start=ann.start, end=ann.end, client_key=self.client_key,
-                           request_ref=request_ref, session_id=session_id, step=step)
+                           request_ref=request_ref, session_id=session_id, step=step, ticket=ticket, priority=bid)
+
+    def observe(self, meta: RequestMeta, response: Any) -> None:
+        """Let the spending policy account for what a reply's receipt charged."""
+        if self.spending is not None:
+            self.spending.observe_reply(meta.ticket, response.receipt)
 
     def fail(self, failure: NodeFailure) -> None:
         """Ban a node that failed, at once (recovery never dials it again this session)."""

@@ -20,6 +20,7 @@ import torch
 
 from node.cache_budget import CacheBudget
 from node.task_queue import TaskInfo, TaskQueue
+from node.ticket_check import FREE, TicketDecision
 from protocol.messages import (
     ACTIVATION_DTYPES,
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -52,13 +53,14 @@ class BlockServer:
     """Serves one BlockSpan of one model to any peer that opens a stream to it."""
 
     def __init__(self, span: Any, manifest_hash: bytes, queue: TaskQueue, limits: ServerLimits,
-                 receipts: Any = None):
+                 receipts: Any = None, tickets: Any = None):
         self.span = span
         self.manifest_hash = manifest_hash
         self.queue = queue
         self.limits = limits
         self.budget = CacheBudget(limits.max_cache_tokens)
-        self.receipts = receipts  # node.receipt_signing.ReceiptSigner or None (phase 2)
+        self.receipts = receipts  # node.receipt_signing.ReceiptSigner or None
+        self.tickets = tickets  # node.ticket_check.TicketGate or None (every request is free)
         self.open_sessions = 0
         self.requests_served = 0
 
@@ -85,6 +87,9 @@ class BlockServer:
                     if 0 < exc.unread_bytes <= 16 * self.limits.max_payload_bytes:
                         await asyncio.wait_for(discard(reader, exc.unread_bytes), 30.0)
                     await write_frame(writer, error_frame(exc.code, str(exc)))
+                    # linger until the peer hangs up, so frames it already sent don't reset the
+                    # stream before it has read our answer
+                    await asyncio.wait_for(discard(reader, self.limits.max_payload_bytes), 2.0)
             except (ConnectionError, asyncio.CancelledError):
                 pass
             except Exception as exc:  # internal: keep the traceback in the log, tell the client
@@ -124,6 +129,25 @@ class BlockServer:
         tensor = tensor_from_wire(wire)
         return tensor.to(self.span.dtype) if tensor.dtype != self.span.dtype else tensor
 
+    # ----- priority tickets --------------------------------------------------------------
+
+    def _decide(self, meta: RequestMeta, tokens: int) -> TicketDecision:
+        """Paid or free, checked offline against the ledger keys this node trusts."""
+        if self.tickets is None or not meta.ticket:
+            return FREE
+        return self.tickets.decide(meta.ticket, meta.client_key, tokens, meta.priority)
+
+    async def _run(self, info_kind: str, meta: RequestMeta, tokens: int, fn: Any, *args: Any) -> tuple[Any, Any, TicketDecision]:
+        decision = self._decide(meta, tokens)
+        info = TaskInfo(info_kind, tokens, decision.price_per_token if decision.paid else 0, meta.client_key)
+        try:
+            out, receipt = await self.queue.submit(info, fn, *args, decision)
+        except BaseException:
+            if self.tickets is not None:
+                self.tickets.refund(decision)
+            raise
+        return out, receipt, decision
+
     # ----- forward / backward ----------------------------------------------------------
 
     async def _forward(self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -131,16 +155,17 @@ class BlockServer:
         meta = self._check_request(frame, "forward", 1)
         hidden = self._hidden(frame, 0, "hidden states")
         started = time.perf_counter()
-        info = TaskInfo("forward", hidden.shape[0] * hidden.shape[1], meta.priority, meta.client_key)
-        out, receipt = await self.queue.submit(info, self._compute_forward, meta, frame, hidden)
-        await self._reply(writer, out, receipt, started)
+        out, receipt, decision = await self._run("forward", meta, hidden.shape[0] * hidden.shape[1],
+                                                 self._compute_forward, meta, frame, hidden)
+        await self._reply(writer, out, receipt, started, decision)
 
-    def _compute_forward(self, meta: RequestMeta, frame: Frame, hidden: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    def _compute_forward(self, meta: RequestMeta, frame: Frame, hidden: torch.Tensor,
+                         decision: TicketDecision) -> tuple[torch.Tensor, Any]:
         with torch.inference_mode():
             if self.receipts is None:
                 return self.span.forward(hidden), None
             out, per_block = self.span.forward(hidden, block_outputs=True)
-        return out, self.receipts.sign_call("forward", meta, frame.tensors[0], out, per_block, hidden)
+        return out, self.receipts.sign_call("forward", meta, frame.tensors[0], out, per_block, hidden, decision)
 
     async def _backward(self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         frame = await read_frame(reader, self.limits.max_payload_bytes)
@@ -151,20 +176,22 @@ class BlockServer:
             raise WireError(ErrorCode.BAD_REQUEST,
                             f"output gradient shape {list(grad_out.shape)} != hidden shape {list(hidden.shape)}")
         started = time.perf_counter()
-        info = TaskInfo("backward", hidden.shape[0] * hidden.shape[1], meta.priority, meta.client_key)
-        grad_in, receipt = await self.queue.submit(info, self._compute_backward, meta, frame, hidden, grad_out)
-        await self._reply(writer, grad_in, receipt, started)
+        grad_in, receipt, decision = await self._run("backward", meta, hidden.shape[0] * hidden.shape[1],
+                                                     self._compute_backward, meta, frame, hidden, grad_out)
+        await self._reply(writer, grad_in, receipt, started, decision)
 
-    def _compute_backward(self, meta: RequestMeta, frame: Frame, hidden: torch.Tensor,
-                          grad_out: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    def _compute_backward(self, meta: RequestMeta, frame: Frame, hidden: torch.Tensor, grad_out: torch.Tensor,
+                          decision: TicketDecision) -> tuple[torch.Tensor, Any]:
         grad_in = self.span.backward(hidden, grad_out)
         receipt = None
         if self.receipts is not None:
-            receipt = self.receipts.sign_backward(meta, frame.tensors[1], grad_in, hidden)
+            receipt = self.receipts.sign_backward(meta, frame.tensors[1], grad_in, hidden, decision)
         return grad_in, receipt
 
-    async def _reply(self, writer: asyncio.StreamWriter, out: torch.Tensor, receipt: Any, started: float) -> None:
-        response = ResponseMeta(receipt=receipt or b"", compute_ms=(time.perf_counter() - started) * 1e3)
+    async def _reply(self, writer: asyncio.StreamWriter, out: torch.Tensor, receipt: Any, started: float,
+                     decision: TicketDecision = FREE) -> None:
+        response = ResponseMeta(receipt=receipt or b"", compute_ms=(time.perf_counter() - started) * 1e3,
+                                notice=decision.message)
         await write_frame(writer, Frame("result", response.to_meta(), [tensor_to_wire(out)]))
         self.requests_served += 1
 
@@ -226,14 +253,14 @@ class BlockServer:
                 continue
             step = int(frame.meta.get("step", 0))
             started = time.perf_counter()
-            info = TaskInfo("inference", hidden.shape[0] * hidden.shape[1], meta.priority, meta.client_key)
-            out, receipt = await self.queue.submit(info, self._compute_step, frame, hidden, cache, state, step)
-            await self._reply(writer, out, receipt, started)
+            out, receipt, decision = await self._run("inference", meta, hidden.shape[0] * hidden.shape[1],
+                                                     self._compute_step, frame, hidden, cache, state, step)
+            await self._reply(writer, out, receipt, started, decision)
 
-    def _compute_step(self, frame: Frame, hidden: torch.Tensor, cache: Any, state: Any,
-                      step: int) -> tuple[torch.Tensor, Any]:
+    def _compute_step(self, frame: Frame, hidden: torch.Tensor, cache: Any, state: Any, step: int,
+                      decision: TicketDecision) -> tuple[torch.Tensor, Any]:
         with torch.inference_mode():
             if state is None:
                 return self.span.step(hidden, cache), None
             out, per_block = self.span.step(hidden, cache, block_outputs=True)
-        return out, self.receipts.sign_step(state, frame, hidden, out, per_block, step)
+        return out, self.receipts.sign_step(state, frame, hidden, out, per_block, step, decision)

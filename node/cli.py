@@ -47,6 +47,8 @@ class NodeConfig:
     outbox: str | None
     retention_mb: int = 512
     retention_s: float = 3600.0
+    trust_ledger_keys: tuple[str, ...] = ()
+    min_price: int = 1
 
 
 def parse_blocks(text: str) -> tuple[int, int]:
@@ -82,6 +84,10 @@ def parse_args(argv: list[str]) -> NodeConfig:
     p.add_argument("--key", help="node identity key file (created on first use); enables signed receipts")
     p.add_argument("--ledger", help="ledger URL to ship receipts to (needs --key)")
     p.add_argument("--outbox", help="SQLite receipt outbox (default: next to the key file)")
+    p.add_argument("--trust-ledger-key", action="append", default=[], metavar="HEX",
+                   help="honour priority tickets signed by this ledger key (repeatable; with --ledger the "
+                        "ledger's own key is fetched at start-up)")
+    p.add_argument("--min-price", type=int, default=1, help="lowest price per token a paid request is charged")
     p.add_argument("--retention-mb", type=int, default=512,
                    help="memory kept for answering challenges (activations behind recent receipts), MiB")
     p.add_argument("--retention-s", type=float, default=3600.0,
@@ -94,11 +100,21 @@ def parse_args(argv: list[str]) -> NodeConfig:
         raise UsageError("--max-cache-tokens, --max-session-length, --max-payload-mb, --torch-threads must be >= 1")
     if a.retention_mb < 0 or a.retention_s < 0:
         raise UsageError("--retention-mb and --retention-s must be >= 0")
+    for hex_key in a.trust_ledger_key:
+        try:
+            if len(bytes.fromhex(hex_key)) != 32:
+                raise ValueError
+        except ValueError:
+            raise UsageError(f"--trust-ledger-key must be 64 hex characters, got {hex_key!r}") from None
+    if a.trust_ledger_key and not a.key:
+        raise UsageError("--trust-ledger-key needs --key (tickets name the node's key)")
+    if a.min_price < 1:
+        raise UsageError("--min-price must be >= 1")
     if a.ledger and not a.key:
         raise UsageError("--ledger needs --key (receipts are signed with the node's key)")
     return NodeConfig(a.model, start, end, a.initial_peers, a.host, a.port, a.device, a.dtype, a.ready_file,
                       a.max_cache_tokens, a.max_session_length, a.max_payload_mb, a.torch_threads, a.key,
-                      a.ledger, a.outbox, a.retention_mb, a.retention_s)
+                      a.ledger, a.outbox, a.retention_mb, a.retention_s, tuple(a.trust_ledger_key), a.min_price)
 
 
 def load_span(cfg: NodeConfig) -> Any:
@@ -129,6 +145,20 @@ def make_receipts(cfg: NodeConfig, span: Any, manifest_hash: bytes) -> Any:
     return signer
 
 
+def make_ticket_gate(cfg: NodeConfig, receipts: Any) -> Any:
+    """Offline ticket checks when the node has a key and trusts at least one ledger (else None)."""
+    if receipts is None or not (cfg.trust_ledger_keys or cfg.ledger):
+        return None
+    from node.ticket_check import TicketGate, fetch_ledger_key
+
+    trusted = {bytes.fromhex(k) for k in cfg.trust_ledger_keys}
+    if cfg.ledger:
+        fetched = fetch_ledger_key(cfg.ledger)
+        if fetched is not None:
+            trusted.add(fetched)
+    return TicketGate(receipts.public_key, frozenset(trusted), min_price_per_token=cfg.min_price)
+
+
 async def serve(cfg: NodeConfig, stop: asyncio.Event | None = None,
                 on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
     """Run a node until `stop` is set (default: until SIGINT/SIGTERM)."""
@@ -156,7 +186,7 @@ async def serve(cfg: NodeConfig, stop: asyncio.Event | None = None,
     dht = await start_dht_peer(cfg.initial_peers, cfg.host, cfg.port)
     queue = TaskQueue()
     limits = ServerLimits(cfg.max_cache_tokens, cfg.max_session_length, cfg.max_payload_mb << 20)
-    server = BlockServer(span, manifest_hash, queue, limits, receipts)
+    server = BlockServer(span, manifest_hash, queue, limits, receipts, make_ticket_gate(cfg, receipts))
     await server.add_handlers(dht.p2p)
     if receipts is not None:
         await receipts.start()

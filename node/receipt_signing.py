@@ -20,6 +20,7 @@ import torch
 
 from node.openings import RetentionStore, SessionRecord, StepRecord
 from node.receipt_outbox import ReceiptOutbox, default_outbox_path
+from node.ticket_check import FREE, TicketDecision
 from protocol.hashing import digest, tensor_digest_raw
 from protocol.identity import Identity, verify_signature
 from protocol.merkle import block_root
@@ -86,32 +87,35 @@ class ReceiptSigner:
     # ----- signing (compute thread) ------------------------------------------------------
 
     def _sign(self, kind: Kind, meta: RequestMeta, session_id: bytes, step: int, batch: int, tokens: int,
-              input_hash: bytes, output_hash: bytes, leaves: list[bytes], request_ref: bytes) -> SignedReceipt:
+              input_hash: bytes, output_hash: bytes, leaves: list[bytes], request_ref: bytes,
+              decision: TicketDecision) -> SignedReceipt:
         receipt = Receipt(
             node_key=self.public_key, client_key=_bytes32(meta.client_key), model=self.manifest_hash,
             block_start=self.span.start, block_end=self.span.end, kind=kind, session_id=session_id, step=step,
             batch=batch, tokens=tokens, input_hash=input_hash, output_hash=output_hash,
             blocks_root=block_root(leaves), request_ref=_bytes32(request_ref),
-            timestamp_ms=int(time.time() * 1000))
+            timestamp_ms=int(time.time() * 1000),
+            ticket_id=decision.ticket_id if decision.paid else ZERO32, price=decision.charge if decision.paid else 0)
         signed = receipt.sign(self.identity)
         self.outbox.append(signed)  # durable before the reply leaves
         return signed
 
     def sign_call(self, kind_name: str, meta: RequestMeta, input_wire: WireTensor, out: torch.Tensor,
-                  per_block: list[torch.Tensor], hidden: torch.Tensor) -> bytes:
+                  per_block: list[torch.Tensor], hidden: torch.Tensor, decision: TicketDecision = FREE) -> bytes:
         """Forward: commit to the received input, the output and every block's output."""
         leaves = [tensor_digest(o) for o in per_block]
         session_id = meta.session_id if len(meta.session_id) == 16 else os.urandom(16)
         batch, length = hidden.shape[0], hidden.shape[1]
         signed = self._sign(Kind.FORWARD, meta, session_id, meta.step, batch, batch * length,
-                                        wire_digest(input_wire), tensor_digest(out), leaves, meta.request_ref)
+                                        wire_digest(input_wire), tensor_digest(out), leaves, meta.request_ref,
+                           decision)
         record = SessionRecord()
         record.steps.append(StepRecord(hidden, per_block, leaves))
         self.retention.add(signed, record, 0)
         return signed.to_bytes()
 
     def sign_backward(self, meta: RequestMeta, grad_wire: WireTensor, grad_in: torch.Tensor,
-                      hidden: torch.Tensor) -> bytes:
+                      hidden: torch.Tensor, decision: TicketDecision = FREE) -> bytes:
         """Backward: input = incoming output gradient, output = input gradient, root = forward blocks."""
         with torch.inference_mode():
             _, per_block = self.span.forward(hidden, block_outputs=True)
@@ -119,7 +123,8 @@ class ReceiptSigner:
         session_id = meta.session_id if len(meta.session_id) == 16 else os.urandom(16)
         batch, length = hidden.shape[0], hidden.shape[1]
         signed = self._sign(Kind.BACKWARD, meta, session_id, meta.step, batch, batch * length,
-                                        wire_digest(grad_wire), tensor_digest(grad_in), leaves, meta.request_ref)
+                                        wire_digest(grad_wire), tensor_digest(grad_in), leaves, meta.request_ref,
+                           decision)
         record = SessionRecord()
         record.steps.append(StepRecord(hidden, per_block, leaves))
         self.retention.add(signed, record, 0)
@@ -130,12 +135,13 @@ class ReceiptSigner:
         return SessionState(meta, session_id)
 
     def sign_step(self, state: SessionState, frame: Frame, hidden: torch.Tensor, out: torch.Tensor,
-                  per_block: list[torch.Tensor], step: int) -> bytes:
+                  per_block: list[torch.Tensor], step: int, decision: TicketDecision = FREE) -> bytes:
         leaves = [tensor_digest(o) for o in per_block]
         batch, new = hidden.shape[0], hidden.shape[1]
         ref = frame.meta.get("request_ref") or request_ref_for_step(state.session_id, step)
         signed = self._sign(Kind.INFERENCE, state.meta, state.session_id, step, batch, batch * new,
-                                        wire_digest(frame.tensors[0]), tensor_digest(out), leaves, bytes(ref))
+                                        wire_digest(frame.tensors[0]), tensor_digest(out), leaves, bytes(ref),
+                           decision)
         state.record.steps.append(StepRecord(hidden, per_block, leaves))
         self.retention.add(signed, state.record, len(state.record.steps) - 1)
         return signed.to_bytes()

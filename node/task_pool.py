@@ -40,7 +40,7 @@ step overtakes free clients hammering the node, whose tags run up to `max_lead_s
 
 Bounded: at most `max_pending` queued tasks; the last `paid_reserve` slots admit only
 paid tasks, so a flood of free requests cannot lock paying clients out. A full pool
-raises `PoolFullError` at submit (the node turns it into a "busy, retry" answer).
+raises `PoolFullError` at submit (a BUSY error for the client, which re-routes).
 """
 
 from __future__ import annotations
@@ -57,13 +57,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node.task_queue import TaskInfo
+from protocol.messages import ErrorCode, WireError
 from protocol.receipts import Kind
 
 logger = logging.getLogger(__name__)
 
 
-class PoolFullError(RuntimeError):
-    """The pool holds `max_pending` tasks already; the caller should retry later."""
+class PoolFullError(WireError):
+    """The pool holds `max_pending` tasks already. A WireError with code BUSY, so the block
+    server's handler answers "busy" and the client re-routes, with no special case."""
+
+    def __init__(self, message: str):
+        super().__init__(ErrorCode.BUSY, message)
 
 
 class PoolClosedError(RuntimeError):

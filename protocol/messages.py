@@ -156,6 +156,7 @@ class ResponseMeta:
 
     receipt: bytes = b""
     compute_ms: float = 0.0
+    notice: str = ""  # e.g. why an attached priority ticket was not honoured (served free)
 
     def to_meta(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,7 +165,7 @@ class ResponseMeta:
     def from_meta(cls, meta: dict[str, Any]) -> ResponseMeta:
         receipt = meta.get("receipt") or b""
         return cls(receipt=bytes(receipt) if isinstance(receipt, (bytes, bytearray)) else b"",
-                   compute_ms=float(meta.get("compute_ms", 0.0)))
+                   compute_ms=float(meta.get("compute_ms", 0.0)), notice=str(meta.get("notice", "")))
 
 
 def expected_nbytes(dtype: str, shape: tuple[int, ...] | list[int]) -> int:

@@ -76,8 +76,13 @@ def threshold_from(dtype: str, device: str, samples: list[float], margin: float)
     p999 = ordered[min(len(ordered) - 1, int(0.999 * len(ordered)))]
     bound = worst * margin
     return Threshold(
-        dtype=dtype, device=device, threshold=bound, max_observed=worst, p999_observed=p999,
-        trials=len(samples), est_false_positive_rate=tail_probability(samples, bound),
+        dtype=dtype,
+        device=device,
+        threshold=bound,
+        max_observed=worst,
+        p999_observed=p999,
+        trials=len(samples),
+        est_false_positive_rate=tail_probability(samples, bound),
     )
 
 
@@ -143,7 +148,7 @@ class Calibrator:
                 extra = self.inputs[block][: self.rng.randint(1, 3), : x.shape[1]].to(dtype)
                 first = self.rng.random() < 0.5
                 out = span.block_forward(block, torch.cat([x, extra]) if first else torch.cat([extra, x]))
-                picked = out[: x.shape[0]] if first else out[-x.shape[0]:]
+                picked = out[: x.shape[0]] if first else out[-x.shape[0] :]
                 return picked[:, -new:]
             cache = span.new_cache(x.shape[0], x.shape[1])
             prefix = x.shape[1] - new
@@ -261,4 +266,6 @@ def _extrapolate_gpu(entries: dict[str, Threshold]) -> None:
     for dtype, (bound, why) in plan.items():
         key = Thresholds.key(dtype, "cuda")
         if key not in entries and bound > 0:
-            entries[key] = Threshold(dtype=dtype, device="cuda", threshold=bound, source=f"extrapolated: {why}")
+            entries[key] = Threshold(
+                dtype=dtype, device="cuda", threshold=bound, source=f"extrapolated: {why}"
+            )

@@ -46,13 +46,21 @@ class Challenger:
 
         self.timeout_s = timeout_s
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="corolla-verifier-p2p", daemon=True)
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="corolla-verifier-p2p", daemon=True
+        )
         self._thread.start()
         self._dialed: set[str] = set()
         try:
-            self.dht: Any = self._run(DHTNode.create(
-                initial_peers=list(initial_peers), client_mode=True, cache_nearest=0,
-                host_maddrs=["/ip4/127.0.0.1/tcp/0"]), start_timeout_s)
+            self.dht: Any = self._run(
+                DHTNode.create(
+                    initial_peers=list(initial_peers),
+                    client_mode=True,
+                    cache_nearest=0,
+                    host_maddrs=["/ip4/127.0.0.1/tcp/0"],
+                ),
+                start_timeout_s,
+            )
         except BaseException:
             self._stop_loop()
             raise

@@ -32,17 +32,26 @@ def check_shapes(receipt: Receipt, op: Openings) -> Finding | None:
     if op.receipt.id != receipt.receipt_id():
         return Finding(Reason.RECEIPT_MISMATCH, "node opened a different receipt than the one challenged")
     if not receipt.block_start <= op.block < receipt.block_end:
-        return Finding(Reason.MALFORMED, f"block {op.block} outside span [{receipt.block_start}, {receipt.block_end})")
+        return Finding(
+            Reason.MALFORMED, f"block {op.block} outside span [{receipt.block_start}, {receipt.block_end})"
+        )
     if op.leaf_index != op.block - receipt.block_start or op.num_leaves != receipt.num_blocks:
         return Finding(Reason.MALFORMED, "leaf index / leaf count do not match the block span")
     x, y = op.inputs, op.output
     if x.dim() != 3 or y.dim() != 3:
-        return Finding(Reason.MALFORMED, f"openings must be [batch, positions, hidden], got {tuple(x.shape)}, {tuple(y.shape)}")
+        return Finding(
+            Reason.MALFORMED,
+            f"openings must be [batch, positions, hidden], got {tuple(x.shape)}, {tuple(y.shape)}",
+        )
     for t in (x, y):
         if dtype_name(t.dtype) not in ACTIVATION_DTYPES:
-            return Finding(Reason.MALFORMED, f"openings dtype {dtype_name(t.dtype)} is not an activation dtype")
+            return Finding(
+                Reason.MALFORMED, f"openings dtype {dtype_name(t.dtype)} is not an activation dtype"
+            )
     if x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2] or not 0 < y.shape[1] <= x.shape[1]:
-        return Finding(Reason.MALFORMED, f"input {tuple(x.shape)} and output {tuple(y.shape)} rows do not fit")
+        return Finding(
+            Reason.MALFORMED, f"input {tuple(x.shape)} and output {tuple(y.shape)} rows do not fit"
+        )
     if y.shape[0] != receipt.batch or y.shape[0] * y.shape[1] != receipt.tokens:
         return Finding(
             Reason.MALFORMED,
@@ -66,20 +75,31 @@ def check_commitments(receipt: Receipt, op: Openings) -> Finding | None:
     """
     leaf = tensor_digest(op.output)
     if not verify_block_proof(leaf, op.leaf_index, op.num_leaves, op.proof, receipt.blocks_root):
-        return Finding(Reason.MERKLE_MISMATCH, f"block {op.block} output is not under the receipt's blocks_root")
+        return Finding(
+            Reason.MERKLE_MISMATCH, f"block {op.block} output is not under the receipt's blocks_root"
+        )
     step_digest = tensor_digest(step_inputs(op))
     if receipt.kind != Kind.BACKWARD:
         if op.block == receipt.block_start and step_digest != receipt.input_hash:
-            return Finding(Reason.OPENING_HASH_MISMATCH, "opened input does not hash to the receipt's input_hash")
+            return Finding(
+                Reason.OPENING_HASH_MISMATCH, "opened input does not hash to the receipt's input_hash"
+            )
         if op.block == receipt.block_end - 1 and leaf != receipt.output_hash:
-            return Finding(Reason.OPENING_HASH_MISMATCH, "last block output does not hash to the receipt's output_hash")
+            return Finding(
+                Reason.OPENING_HASH_MISMATCH, "last block output does not hash to the receipt's output_hash"
+            )
     if op.leaves is not None:
         found = check_leaves(receipt, op, leaf, step_digest)
         if found:
             return found
     if op.block > receipt.block_start and op.input_proof is not None:
-        if not verify_block_proof(step_digest, op.leaf_index - 1, op.num_leaves, op.input_proof, receipt.blocks_root):
-            return Finding(Reason.MERKLE_MISMATCH, f"block {op.block} input is not block {op.block - 1}'s committed output")
+        if not verify_block_proof(
+            step_digest, op.leaf_index - 1, op.num_leaves, op.input_proof, receipt.blocks_root
+        ):
+            return Finding(
+                Reason.MERKLE_MISMATCH,
+                f"block {op.block} input is not block {op.block - 1}'s committed output",
+            )
     return None
 
 
@@ -96,13 +116,17 @@ def check_leaves(receipt: Receipt, op: Openings, leaf: bytes, step_digest: bytes
     if leaves[op.leaf_index] != leaf:
         return Finding(Reason.MERKLE_MISMATCH, f"block {op.block} output is not its opened leaf")
     if op.leaf_index > 0 and leaves[op.leaf_index - 1] != step_digest:
-        return Finding(Reason.MERKLE_MISMATCH, f"block {op.block} input is not block {op.block - 1}'s committed output")
+        return Finding(
+            Reason.MERKLE_MISMATCH, f"block {op.block} input is not block {op.block - 1}'s committed output"
+        )
     firsts = [receipt.input_hash] if receipt.kind != Kind.BACKWARD else []
     chain = firsts + list(leaves)
     for k in range(1, len(chain)):
         if chain[k] == chain[k - 1]:
             block = receipt.block_start + k - len(firsts)
-            return Finding(Reason.OUTPUT_MISMATCH, f"block {block} output equals its input: the block was skipped")
+            return Finding(
+                Reason.OUTPUT_MISMATCH, f"block {block} output equals its input: the block was skipped"
+            )
     return None
 
 
@@ -115,8 +139,15 @@ def check_prefix(receipt: Receipt, op: Openings, history: Iterable[Receipt]) -> 
     if receipt.kind != Kind.INFERENCE or op.block != receipt.block_start or receipt.step == 0:
         return None
     earlier = sorted(
-        (r for r in history if r.session_id == receipt.session_id and r.node_key == receipt.node_key
-         and r.kind == Kind.INFERENCE and r.step < receipt.step and r.block_start == receipt.block_start),
+        (
+            r
+            for r in history
+            if r.session_id == receipt.session_id
+            and r.node_key == receipt.node_key
+            and r.kind == Kind.INFERENCE
+            and r.step < receipt.step
+            and r.block_start == receipt.block_start
+        ),
         key=lambda r: r.step,
     )
     steps = {r.step: r for r in earlier}
@@ -129,15 +160,25 @@ def check_prefix(receipt: Receipt, op: Openings, history: Iterable[Receipt]) -> 
         new = r.tokens // max(r.batch, 1)
         chunk = op.inputs[:, offset : offset + new].contiguous()
         if offset + new > prefix or tensor_digest(chunk) != r.input_hash:
-            return Finding(Reason.OPENING_HASH_MISMATCH, f"prefix rows of step {step} differ from that step's input_hash")
+            return Finding(
+                Reason.OPENING_HASH_MISMATCH, f"prefix rows of step {step} differ from that step's input_hash"
+            )
         offset += new
     if offset != prefix:
-        return Finding(Reason.OPENING_HASH_MISMATCH, "prefix length does not match the session's earlier steps")
+        return Finding(
+            Reason.OPENING_HASH_MISMATCH, "prefix length does not match the session's earlier steps"
+        )
     return None
 
 
 def _same_step(a: Receipt, b: Receipt) -> bool:
-    return (a.session_id, a.step, a.client_key, a.model, a.kind) == (b.session_id, b.step, b.client_key, b.model, b.kind)
+    return (a.session_id, a.step, a.client_key, a.model, a.kind) == (
+        b.session_id,
+        b.step,
+        b.client_key,
+        b.model,
+        b.kind,
+    )
 
 
 def check_chain(receipt: SignedReceipt, neighbours: Iterable[SignedReceipt]) -> Finding | None:
@@ -185,9 +226,13 @@ def check_replay(receipt: Receipt, earlier: Iterable[Receipt]) -> Finding | None
             and e.input_hash != receipt.input_hash
             and e.kind != Kind.BACKWARD
             and e.timestamp_ms < receipt.timestamp_ms
-            and (e.model, e.block_start, e.block_end) == (receipt.model, receipt.block_start, receipt.block_end)
+            and (e.model, e.block_start, e.block_end)
+            == (receipt.model, receipt.block_start, receipt.block_end)
         ):
-            return Finding(Reason.REPLAY, f"output already returned for another input in receipt {e.receipt_id().hex()[:16]}")
+            return Finding(
+                Reason.REPLAY,
+                f"output already returned for another input in receipt {e.receipt_id().hex()[:16]}",
+            )
     return None
 
 

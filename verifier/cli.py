@@ -20,18 +20,32 @@ class UsageError(Exception):
 
 
 def _run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="corolla verifier run", description="Spot-check receipts and post signed verdicts.")
+    p = argparse.ArgumentParser(
+        prog="corolla verifier run", description="Spot-check receipts and post signed verdicts."
+    )
     p.add_argument("--ledger", required=True, help="ledger base URL, e.g. http://127.0.0.1:8700")
     p.add_argument("--model", required=True, help="model directory or hub name (reference weights)")
     p.add_argument("--key", required=True, help="verifier Ed25519 key file (created on first use, mode 0600)")
-    p.add_argument("--initial-peers", nargs="+", default=[], metavar="MADDR", help="DHT peers to join to reach nodes")
-    p.add_argument("--sample-rate", type=float, default=0.05, help="base share of receipts to challenge (0..1)")
+    p.add_argument(
+        "--initial-peers", nargs="+", default=[], metavar="MADDR", help="DHT peers to join to reach nodes"
+    )
+    p.add_argument(
+        "--sample-rate", type=float, default=0.05, help="base share of receipts to challenge (0..1)"
+    )
     p.add_argument("--device", default="cpu", help="device for recomputation: cpu or cuda[:N]")
-    p.add_argument("--thresholds", default=None, help="thresholds JSON (default: the shipped verifier/thresholds.json)")
-    p.add_argument("--state", default=None, help="SQLite state file (default: ~/.corolla/verifier-<key>.sqlite)")
+    p.add_argument(
+        "--thresholds", default=None, help="thresholds JSON (default: the shipped verifier/thresholds.json)"
+    )
+    p.add_argument(
+        "--state", default=None, help="SQLite state file (default: ~/.corolla/verifier-<key>.sqlite)"
+    )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds a node has to answer a challenge")
-    p.add_argument("--unreachable-limit", type=int, default=3,
-                   help="consecutive unanswered challenges after which a node's next one counts as a failure")
+    p.add_argument(
+        "--unreachable-limit",
+        type=int,
+        default=3,
+        help="consecutive unanswered challenges after which a node's next one counts as a failure",
+    )
     p.add_argument("--poll", type=float, default=2.0, help="seconds between polls of the ledger when idle")
     p.add_argument("--batch", type=int, default=50, help="receipts pulled from the ledger per poll")
     p.add_argument("--once", action="store_true", help="check what is due now, then exit")
@@ -44,13 +58,23 @@ def _calibrate_parser() -> argparse.ArgumentParser:
         prog="corolla verifier calibrate",
         description="Measure the honest spread between recomputations and write per-(dtype, device) thresholds.",
     )
-    p.add_argument("--model", default=None, help="model directory (default: a small seeded Llama made on the fly)")
-    p.add_argument("--other-model", default=None, help="same architecture, other weights: scored as a cheater")
+    p.add_argument(
+        "--model", default=None, help="model directory (default: a small seeded Llama made on the fly)"
+    )
+    p.add_argument(
+        "--other-model", default=None, help="same architecture, other weights: scored as a cheater"
+    )
     p.add_argument("--trials", type=int, default=10_000, help="honest checks per dtype")
-    p.add_argument("--low-precision-trials", type=int, default=None,
-                   help="honest checks for bfloat16/float16 (default: --trials; their CPU kernels are slower)")
+    p.add_argument(
+        "--low-precision-trials",
+        type=int,
+        default=None,
+        help="honest checks for bfloat16/float16 (default: --trials; their CPU kernels are slower)",
+    )
     p.add_argument("--adversary-trials", type=int, default=200, help="checks per cheating strategy")
-    p.add_argument("--margin", type=float, default=None, help="threshold = margin x worst honest divergence (default 3)")
+    p.add_argument(
+        "--margin", type=float, default=None, help="threshold = margin x worst honest divergence (default 3)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the trial sampler")
     p.add_argument("--out", default=None, help="output JSON (default: verifier/thresholds.json)")
     return p
@@ -65,8 +89,13 @@ def _recheck_parser() -> argparse.ArgumentParser:
     p.add_argument("--ledger", required=True, help="ledger base URL")
     p.add_argument("--model", required=True, help="model directory or hub name (reference weights)")
     p.add_argument("--openings", default=None, help="openings blob file, when the ledger does not hold it")
-    p.add_argument("--initial-peers", nargs="+", default=[], metavar="MADDR",
-                   help="DHT peers: re-challenge the node for the openings when no blob is at hand")
+    p.add_argument(
+        "--initial-peers",
+        nargs="+",
+        default=[],
+        metavar="MADDR",
+        help="DHT peers: re-challenge the node for the openings when no blob is at hand",
+    )
     p.add_argument("--thresholds", default=None, help="thresholds JSON (default: the shipped one)")
     p.add_argument("--device", default="cpu", help="device for recomputation")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -75,11 +104,13 @@ def _recheck_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
-        print("usage: corolla verifier {run,calibrate,recheck} [OPTIONS]\n\n"
-              "  run        pull due receipts, challenge nodes, recompute, post verdicts (default)\n"
-              "  calibrate  measure honest spread, write thresholds\n"
-              "  recheck    reproduce a verdict from the ledger's records\n\n"
-              "Run `corolla verifier COMMAND --help` for the options of one command.")
+        print(
+            "usage: corolla verifier {run,calibrate,recheck} [OPTIONS]\n\n"
+            "  run        pull due receipts, challenge nodes, recompute, post verdicts (default)\n"
+            "  calibrate  measure honest spread, write thresholds\n"
+            "  recheck    reproduce a verdict from the ledger's records\n\n"
+            "Run `corolla verifier COMMAND --help` for the options of one command."
+        )
         return 0
     command, rest = ("run", argv) if not argv or argv[0] not in SUBCOMMANDS else (argv[0], argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -114,17 +145,24 @@ def calibrate_main(args: argparse.Namespace) -> int:
             print(f"  {dtype}: {done}/{total} honest checks", file=sys.stderr, flush=True)
 
         report = calibrate(
-            model, trials=args.trials, low_precision_trials=args.low_precision_trials,
+            model,
+            trials=args.trials,
+            low_precision_trials=args.low_precision_trials,
             adversary_trials=args.adversary_trials,
-            margin=args.margin or DEFAULT_MARGIN, seed=args.seed, other_model_dir=other, progress=progress,
+            margin=args.margin or DEFAULT_MARGIN,
+            seed=args.seed,
+            other_model_dir=other,
+            progress=progress,
         )
     assert report.thresholds is not None
     out = Path(args.out) if args.out else DEFAULT_PATH
     report.thresholds.save(out)
     print(f"{'class':16} {'trials':>7} {'max honest':>11} {'threshold':>10} {'est. FP rate':>12}")
     for key, t in sorted(report.thresholds.entries.items()):
-        print(f"{key:16} {t.trials:7d} {t.max_observed:11.3g} {t.threshold:10.3g} {t.est_false_positive_rate:12.2g}"
-              + ("" if t.source == "measured" else f"  ({t.source})"))
+        print(
+            f"{key:16} {t.trials:7d} {t.max_observed:11.3g} {t.threshold:10.3g} {t.est_false_positive_rate:12.2g}"
+            + ("" if t.source == "measured" else f"  ({t.source})")
+        )
     for kind, scores in sorted(report.adversary.items()):
         finite = [s for s in scores if s == s]
         if finite:
@@ -143,10 +181,20 @@ def run_main(args: argparse.Namespace) -> int:
     if not args.initial_peers:
         raise UsageError("--initial-peers is required: without the DHT no node can be challenged")
     config = ServiceConfig(
-        ledger=args.ledger.rstrip("/"), model=args.model, key_file=args.key, initial_peers=list(args.initial_peers),
-        sample_rate=args.sample_rate, device=args.device, thresholds_file=args.thresholds, state_file=args.state,
-        challenge_timeout_s=args.timeout, unreachable_limit=args.unreachable_limit, poll_s=args.poll,
-        batch=args.batch, once=args.once, ready_file=args.ready_file,
+        ledger=args.ledger.rstrip("/"),
+        model=args.model,
+        key_file=args.key,
+        initial_peers=list(args.initial_peers),
+        sample_rate=args.sample_rate,
+        device=args.device,
+        thresholds_file=args.thresholds,
+        state_file=args.state,
+        challenge_timeout_s=args.timeout,
+        unreachable_limit=args.unreachable_limit,
+        poll_s=args.poll,
+        batch=args.batch,
+        once=args.once,
+        ready_file=args.ready_file,
     )
     try:
         return run_service(config)
@@ -165,8 +213,13 @@ def recheck_main(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.verdict_id!r} is not a verdict id (64 hex characters)") from None
     try:
         outcome = recheck(
-            args.verdict_id, ledger=args.ledger.rstrip("/"), model=args.model, openings_file=args.openings,
-            initial_peers=list(args.initial_peers), thresholds_file=args.thresholds, device=args.device,
+            args.verdict_id,
+            ledger=args.ledger.rstrip("/"),
+            model=args.model,
+            openings_file=args.openings,
+            initial_peers=list(args.initial_peers),
+            thresholds_file=args.thresholds,
+            device=args.device,
         )
     except (FileNotFoundError, ValueError, LedgerError) as exc:
         raise UsageError(str(exc)) from exc

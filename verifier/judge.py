@@ -80,15 +80,28 @@ def judge_openings(
     finding = check_openings(receipt, openings, history)
     if finding:
         return _fail(finding, evidence)
-    cmp = compare_block(loader, thresholds, openings.block, openings.inputs, openings.output, device_class=device_class)
+    cmp = compare_block(
+        loader, thresholds, openings.block, openings.inputs, openings.output, device_class=device_class
+    )
     measured = cmp.measured if math.isfinite(cmp.measured) else MAX_MEASURED
     if cmp.ok:
-        return Judgement(Result.PASS, Reason.NONE, "recomputed block within tolerance", evidence, measured,
-                         cmp.tolerance, cmp.compute_s)
+        return Judgement(
+            Result.PASS,
+            Reason.NONE,
+            "recomputed block within tolerance",
+            evidence,
+            measured,
+            cmp.tolerance,
+            cmp.compute_s,
+        )
     return Judgement(
-        Result.FAIL, Reason.OUTPUT_MISMATCH,
+        Result.FAIL,
+        Reason.OUTPUT_MISMATCH,
         f"block {openings.block} output differs from recomputation: {cmp.measured:.3g} > {cmp.tolerance:.3g}",
-        evidence, measured, cmp.tolerance, cmp.compute_s,
+        evidence,
+        measured,
+        cmp.tolerance,
+        cmp.compute_s,
     )
 
 
@@ -104,12 +117,20 @@ def judge_evidence(
     """Recompute a judgement from stored evidence (what `recheck` runs)."""
     tag, body = evidence[:1], evidence[1:]
     if tag == OPENINGS:
-        return judge_openings(signed.receipt, Openings.from_bytes(body), loader, thresholds,
-                              history=history, device_class=device_class)
+        return judge_openings(
+            signed.receipt,
+            Openings.from_bytes(body),
+            loader,
+            thresholds,
+            history=history,
+            device_class=device_class,
+        )
     if tag in (REPLAY, CHAIN):
         other = SignedReceipt.from_bytes(body)
         if not other.verify_node():
             raise ValueError("evidence receipt does not carry a valid node signature")
         found = judge_receipt_only(signed, [other] if tag == REPLAY else [], [other] if tag == CHAIN else [])
         return found or Judgement(Result.PASS, Reason.NONE, "receipt-only checks pass", evidence)
-    raise ValueError("no evidence to recompute (an unreachable verdict records only that the node did not answer)")
+    raise ValueError(
+        "no evidence to recompute (an unreachable verdict records only that the node did not answer)"
+    )

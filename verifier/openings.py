@@ -103,7 +103,9 @@ class Openings:
             offset, tensors, body = 4 + header_len, [], memoryview(bytearray(blob))
             for dtype, shape in header.get("tensors") or []:
                 size = expected_nbytes(str(dtype), tuple(int(d) for d in shape))
-                tensors.append(WireTensor(str(dtype), tuple(int(d) for d in shape), body[offset : offset + size]))
+                tensors.append(
+                    WireTensor(str(dtype), tuple(int(d) for d in shape), body[offset : offset + size])
+                )
                 offset += size
             if offset != len(blob):
                 raise ValueError("trailing or missing tensor bytes")

@@ -37,13 +37,19 @@ class RecheckOutcome:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "verdict_id": self.verdict_id, "reproduced": self.reproduced, "explanation": self.explanation,
-            "claimed_result": self.claimed_result.name.lower(), "claimed_reason": self.claimed_reason.name.lower(),
+            "verdict_id": self.verdict_id,
+            "reproduced": self.reproduced,
+            "explanation": self.explanation,
+            "claimed_result": self.claimed_result.name.lower(),
+            "claimed_reason": self.claimed_reason.name.lower(),
         }
         if self.recomputed is not None:
-            out.update(recomputed_result=self.recomputed.result.name.lower(),
-                       recomputed_reason=self.recomputed.reason.name.lower(),
-                       measured=self.recomputed.measured, tolerance=self.recomputed.tolerance)
+            out.update(
+                recomputed_result=self.recomputed.result.name.lower(),
+                recomputed_reason=self.recomputed.reason.name.lower(),
+                measured=self.recomputed.measured,
+                tolerance=self.recomputed.tolerance,
+            )
         return out
 
 
@@ -81,7 +87,9 @@ def recheck(
         return RecheckOutcome(verdict_id, v.result, v.reason, ok, why, j)
 
     if v.result == Result.UNREACHABLE:
-        return outcome(False, "an unreachable verdict records only that the node did not answer; nothing to recompute")
+        return outcome(
+            False, "an unreachable verdict records only that the node did not answer; nothing to recompute"
+        )
     evidence = Path(openings_file).read_bytes() if openings_file else _evidence_from_ledger(record)
     source = "file" if openings_file else "ledger"
     if evidence is None and initial_peers:

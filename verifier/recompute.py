@@ -89,6 +89,8 @@ def compare_block(
     measured = divergence(output, reference, inputs[:, -new:].float())
     tolerance = thresholds.lookup(dtype_name(output.dtype), device_class).threshold
     return Comparison(
-        measured=measured, tolerance=tolerance, ok=measured <= tolerance,
+        measured=measured,
+        tolerance=tolerance,
+        ok=measured <= tolerance,
         compute_s=time.perf_counter() - started,
     )

@@ -64,9 +64,16 @@ class Stats:
 class Verifier:
     """One verifier identity checking one model's receipts."""
 
-    def __init__(self, config: ServiceConfig, identity: Identity, ledger: LedgerClient,
-                 challenger: Challenger | None, state: VerifierState,
-                 loader: BlockLoader | None = None, thresholds: Thresholds | None = None):
+    def __init__(
+        self,
+        config: ServiceConfig,
+        identity: Identity,
+        ledger: LedgerClient,
+        challenger: Challenger | None,
+        state: VerifierState,
+        loader: BlockLoader | None = None,
+        thresholds: Thresholds | None = None,
+    ):
         self.config = config
         self.identity = identity
         self.ledger = ledger
@@ -125,15 +132,29 @@ class Verifier:
         block = challenged_block(self.secret, signed.receipt)
         judgement = self._judge(signed, block)
         verdict = Verdict(
-            receipt_id=signed.id, verifier_key=self.identity.public_key, block=block,
-            result=judgement.result, reason=judgement.reason, openings_hash=judgement.evidence_hash,
-            tolerance=judgement.tolerance, measured=judgement.measured, timestamp_ms=int(time.time() * 1000),
+            receipt_id=signed.id,
+            verifier_key=self.identity.public_key,
+            block=block,
+            result=judgement.result,
+            reason=judgement.reason,
+            openings_hash=judgement.evidence_hash,
+            tolerance=judgement.tolerance,
+            measured=judgement.measured,
+            timestamp_ms=int(time.time() * 1000),
         ).sign(self.identity)
         self.state.save_verdict(signed.id, verdict.id, json.dumps(verdict.to_json()), judgement.evidence)
         self._count(judgement)
-        logger.info("receipt %s node %s blocks %d:%d block %d: %s %s (%s)", signed.id.hex()[:12],
-                    signed.receipt.node_key.hex()[:12], signed.receipt.block_start, signed.receipt.block_end,
-                    block, judgement.result.name.lower(), judgement.reason.name.lower(), judgement.detail)
+        logger.info(
+            "receipt %s node %s blocks %d:%d block %d: %s %s (%s)",
+            signed.id.hex()[:12],
+            signed.receipt.node_key.hex()[:12],
+            signed.receipt.block_start,
+            signed.receipt.block_end,
+            block,
+            judgement.result.name.lower(),
+            judgement.reason.name.lower(),
+            judgement.detail,
+        )
         self._post(verdict, judgement.evidence)
         return verdict
 
@@ -151,16 +172,22 @@ class Verifier:
             return self._unreachable(r.node_key, str(exc))
         self.state.answered(r.node_key)
         if openings.block != block:
-            return Judgement(Result.FAIL, Reason.MALFORMED, f"asked for block {block}, node opened {openings.block}")
+            return Judgement(
+                Result.FAIL, Reason.MALFORMED, f"asked for block {block}, node opened {openings.block}"
+            )
         history = self.state.in_session(r.session_id)
-        return judge_openings(r, openings, self.loader, self.thresholds, history=history,
-                              device_class=self.config.node_device)
+        return judge_openings(
+            r, openings, self.loader, self.thresholds, history=history, device_class=self.config.node_device
+        )
 
     def _unreachable(self, node_key: bytes, why: str) -> Judgement:
         misses = self.state.missed(node_key)
         if misses >= self.config.unreachable_limit:
-            return Judgement(Result.FAIL, Reason.UNREACHABLE,
-                             f"{misses} challenges in a row unanswered (limit {self.config.unreachable_limit}): {why}")
+            return Judgement(
+                Result.FAIL,
+                Reason.UNREACHABLE,
+                f"{misses} challenges in a row unanswered (limit {self.config.unreachable_limit}): {why}",
+            )
         return Judgement(Result.UNREACHABLE, Reason.UNREACHABLE, why)
 
     def _neighbours(self, signed: SignedReceipt) -> list[SignedReceipt]:
@@ -219,13 +246,23 @@ def run_service(config: ServiceConfig) -> int:
         raise FileNotFoundError(f"model {config.model} not found (give a model directory or a hub name)")
     state = VerifierState(config.state_file or default_state_path(identity))
     ledger = LedgerClient(config.ledger, identity)
-    challenger = Challenger(config.initial_peers, timeout_s=config.challenge_timeout_s) if config.initial_peers else None
+    challenger = (
+        Challenger(config.initial_peers, timeout_s=config.challenge_timeout_s)
+        if config.initial_peers
+        else None
+    )
     try:
         verifier = Verifier(config, identity, ledger, challenger, state)
         if config.ready_file:
-            Path(config.ready_file).write_text(json.dumps({"verifier_key": identity.public_hex, "ledger": config.ledger}))
-        logger.info("verifier %s checking model %s at base rate %.3f", identity.public_hex[:16],
-                    verifier.model_hash.hex()[:16], config.sample_rate)
+            Path(config.ready_file).write_text(
+                json.dumps({"verifier_key": identity.public_hex, "ledger": config.ledger})
+            )
+        logger.info(
+            "verifier %s checking model %s at base rate %.3f",
+            identity.public_hex[:16],
+            verifier.model_hash.hex()[:16],
+            config.sample_rate,
+        )
         while True:
             try:
                 n = verifier.poll_once()
@@ -234,8 +271,17 @@ def run_service(config: ServiceConfig) -> int:
                 n = 0
             if config.once:
                 s = verifier.stats
-                print(json.dumps({"checked": s.checked, "passed": s.passed, "failed": s.failed,
-                                  "unreachable": s.unreachable, "reposted": s.reposted}))
+                print(
+                    json.dumps(
+                        {
+                            "checked": s.checked,
+                            "passed": s.passed,
+                            "failed": s.failed,
+                            "unreachable": s.unreachable,
+                            "reposted": s.reposted,
+                        }
+                    )
+                )
                 return 0
             if n == 0:
                 time.sleep(config.poll_s)

@@ -71,9 +71,15 @@ class VerifierState:
             "SELECT receipt_id, verdict_id, signed_json, evidence, posted FROM verdicts WHERE receipt_id = ?",
             (receipt_id,),
         ).fetchone()
-        return None if row is None else StoredVerdict(bytes(row[0]), bytes(row[1]), row[2], bytes(row[3]), bool(row[4]))
+        return (
+            None
+            if row is None
+            else StoredVerdict(bytes(row[0]), bytes(row[1]), row[2], bytes(row[3]), bool(row[4]))
+        )
 
-    def save_verdict(self, receipt_id: bytes, verdict_id: bytes, signed_json: str, evidence: bytes) -> StoredVerdict:
+    def save_verdict(
+        self, receipt_id: bytes, verdict_id: bytes, signed_json: str, evidence: bytes
+    ) -> StoredVerdict:
         """Record a verdict before posting; the first one recorded for a receipt wins."""
         self.db.execute(
             "INSERT OR IGNORE INTO verdicts (receipt_id, verdict_id, signed_json, evidence, posted, created_ms)"
@@ -125,7 +131,9 @@ class VerifierState:
             " ON CONFLICT(node_key) DO UPDATE SET misses = misses + 1",
             (node_key,),
         )
-        return int(self.db.execute("SELECT misses FROM unreachable WHERE node_key = ?", (node_key,)).fetchone()[0])
+        return int(
+            self.db.execute("SELECT misses FROM unreachable WHERE node_key = ?", (node_key,)).fetchone()[0]
+        )
 
     def answered(self, node_key: bytes) -> None:
         self.db.execute("DELETE FROM unreachable WHERE node_key = ?", (node_key,))

@@ -67,14 +67,25 @@ class OpeningsPeer:
     def __init__(self, loop: PeerLoop, initial_peers: list[str], node: HonestNode, *, silent: bool = False):
         self.loop, self.node, self.silent = loop, node, silent
         self.challenges = 0
-        self.dht: DHTNode = loop.run(DHTNode.create(initial_peers=initial_peers,
-                                                    host_maddrs=["/ip4/127.0.0.1/tcp/0"]))
+        self.dht: DHTNode = loop.run(
+            DHTNode.create(initial_peers=initial_peers, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+        )
         loop.run(self.dht.p2p.add_binary_stream_handler(HANDLERS["open"], self._handle))
         peer_id = self.dht.p2p.peer_id.to_base58()
-        ann = NodeAnnouncement(peer_id=peer_id, start=node.start, end=node.end, throughput=1.0, forward_tps=1.0,
-                               state="online", node_key=node.identity.public_hex,
-                               maddrs=loop.run(_maddrs(self.dht)), dtype=str(node.dtype).removeprefix("torch."))
-        assert loop.run(self.dht.store(model_key(node.model), ann.to_value(), get_dht_time() + 600, subkey=peer_id))
+        ann = NodeAnnouncement(
+            peer_id=peer_id,
+            start=node.start,
+            end=node.end,
+            throughput=1.0,
+            forward_tps=1.0,
+            state="online",
+            node_key=node.identity.public_hex,
+            maddrs=loop.run(_maddrs(self.dht)),
+            dtype=str(node.dtype).removeprefix("torch."),
+        )
+        assert loop.run(
+            self.dht.store(model_key(node.model), ann.to_value(), get_dht_time() + 600, subkey=peer_id)
+        )
 
     async def _handle(self, _info: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -47,8 +47,15 @@ class HonestNode:
 
     name = "honest"
 
-    def __init__(self, model_dir: Path, start: int, end: int, *, dtype: torch.dtype = torch.float32,
-                 identity: Identity | None = None):
+    def __init__(
+        self,
+        model_dir: Path,
+        start: int,
+        end: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        identity: Identity | None = None,
+    ):
         self.model_dir = Path(model_dir)
         self.start, self.end, self.dtype = start, end, dtype
         self.identity = identity or Identity.generate()
@@ -78,13 +85,22 @@ class HonestNode:
         _, outs = self.span.step(hidden, cache, block_outputs=True)
         return [o.contiguous() for o in outs]
 
-    def receipt_output(self, outs: list[torch.Tensor], hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def receipt_output(
+        self, outs: list[torch.Tensor], hidden: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(output committed in the receipt, output sent to the client)."""
         return outs[-1], outs[-1]
 
     # ----- serving --------------------------------------------------------------------------
-    def call(self, client: Identity, hidden: torch.Tensor, *, kind: Kind = Kind.FORWARD,
-             session_id: bytes | None = None, step: int = 0) -> Delivery:
+    def call(
+        self,
+        client: Identity,
+        hidden: torch.Tensor,
+        *,
+        kind: Kind = Kind.FORWARD,
+        session_id: bytes | None = None,
+        step: int = 0,
+    ) -> Delivery:
         """One forward call (or one inference step of `session_id`) on `hidden` [B, new, H]."""
         hidden = hidden.to(self.dtype)
         session_id = session_id or os.urandom(16)
@@ -105,11 +121,21 @@ class HonestNode:
                 history[k].append(outs[k - 1])
         committed, sent = self.receipt_output(outs, hidden)
         receipt = Receipt(
-            node_key=self.identity.public_key, client_key=client.public_key, model=self.model,
-            block_start=self.start, block_end=self.end, kind=kind, session_id=session_id, step=step,
-            batch=hidden.shape[0], tokens=hidden.shape[0] * new, input_hash=tensor_digest(hidden),
-            output_hash=tensor_digest(committed), blocks_root=block_root([tensor_digest(o) for o in outs]),
-            request_ref=os.urandom(32), timestamp_ms=int(time.time() * 1000),
+            node_key=self.identity.public_key,
+            client_key=client.public_key,
+            model=self.model,
+            block_start=self.start,
+            block_end=self.end,
+            kind=kind,
+            session_id=session_id,
+            step=step,
+            batch=hidden.shape[0],
+            tokens=hidden.shape[0] * new,
+            input_hash=tensor_digest(hidden),
+            output_hash=tensor_digest(committed),
+            blocks_root=block_root([tensor_digest(o) for o in outs]),
+            request_ref=os.urandom(32),
+            timestamp_ms=int(time.time() * 1000),
         )
         signed = receipt.sign(self.identity)
         self.work[signed.id] = Work(signed, block_inputs, outs, sent)
@@ -121,9 +147,15 @@ class HonestNode:
         k = block - self.start
         leaves = [tensor_digest(o) for o in w.block_outputs]
         return Openings(
-            receipt=w.signed, block=block, inputs=w.block_inputs[k], output=w.block_outputs[k],
-            proof=block_proof(leaves, k), leaf_index=k, num_leaves=len(leaves),
-            input_proof=block_proof(leaves, k - 1) if k > 0 else None, leaves=leaves,
+            receipt=w.signed,
+            block=block,
+            inputs=w.block_inputs[k],
+            output=w.block_outputs[k],
+            proof=block_proof(leaves, k),
+            leaf_index=k,
+            num_leaves=len(leaves),
+            input_proof=block_proof(leaves, k - 1) if k > 0 else None,
+            leaves=leaves,
         )
 
 
@@ -207,7 +239,9 @@ class MismatchNode(HonestNode):
         _, outs = self.span.step(hidden, cache, block_outputs=True)
         return [o.contiguous() for o in outs]
 
-    def receipt_output(self, outs: list[torch.Tensor], hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def receipt_output(
+        self, outs: list[torch.Tensor], hidden: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return outs[-1], outs[-1] + 0.5 * torch.randn_like(outs[-1])
 
 

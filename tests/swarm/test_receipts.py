@@ -147,8 +147,8 @@ def test_node_with_invalid_receipts_is_banned_and_routed_around(receipt_swarm, d
         signer = real_make(cfg, span, manifest_hash)
         honest = signer.sign_step
 
-        def sign_step(state, frame, hidden, out, per_block, step):
-            return honest(state, frame, hidden, out + 1.0, per_block, step)  # commits to other output
+        def sign_step(state, frame, hidden, out, per_block, step, *rest):
+            return honest(state, frame, hidden, out + 1.0, per_block, step, *rest)  # commits to other output
 
         signer.sign_step = sign_step
         return signer

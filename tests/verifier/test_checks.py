@@ -30,7 +30,9 @@ def node(model_dir: Path) -> HonestNode:
     return HonestNode(model_dir, 1, 4)
 
 
-def test_honest_openings_pass_every_block(node: HonestNode, loader: BlockLoader, thresholds: Thresholds) -> None:
+def test_honest_openings_pass_every_block(
+    node: HonestNode, loader: BlockLoader, thresholds: Thresholds
+) -> None:
     client = Client()
     signed = client.receive(node.call(client.identity, _x(1)))
     assert signed.verify_client()
@@ -44,14 +46,16 @@ def test_honest_openings_pass_every_block(node: HonestNode, loader: BlockLoader,
         assert (again.result, again.measured, again.evidence_hash) == (j.result, j.measured, j.evidence_hash)
 
 
-def test_inference_steps_open_the_whole_prefix_and_pass(model_dir: Path, loader: BlockLoader,
-                                                        thresholds: Thresholds) -> None:
+def test_inference_steps_open_the_whole_prefix_and_pass(
+    model_dir: Path, loader: BlockLoader, thresholds: Thresholds
+) -> None:
     node, client, session = HonestNode(model_dir, 0, 2), Client(), os.urandom(16)
     receipts = []
     for step, length in enumerate((5, 1, 1, 2)):
         time.sleep(0.002)
-        d = node.call(client.identity, _x(10 + step, length=length), kind=Kind.INFERENCE, session_id=session,
-                      step=step)
+        d = node.call(
+            client.identity, _x(10 + step, length=length), kind=Kind.INFERENCE, session_id=session, step=step
+        )
         receipts.append(client.receive(d))
     last = receipts[-1]
     op = node.open(last.id, 0)
@@ -96,8 +100,9 @@ def test_tampered_openings_are_named(node: HonestNode, tamper: str, reason: Reas
     assert finding is not None and finding.reason == reason, finding
 
 
-def test_skipped_block_is_caught_whichever_block_is_opened(model_dir: Path, loader: BlockLoader,
-                                                           thresholds: Thresholds) -> None:
+def test_skipped_block_is_caught_whichever_block_is_opened(
+    model_dir: Path, loader: BlockLoader, thresholds: Thresholds
+) -> None:
     node, client = SkipBlockNode(model_dir, 0, 4, skip=2), Client()
     signed = client.receive(node.call(client.identity, _x(4)))
     for block in range(4):
@@ -116,7 +121,9 @@ def test_openings_blob_round_trips(node: HonestNode) -> None:
     with pytest.raises(ValueError):
         Openings.from_bytes(op.to_bytes()[:-3])
     with pytest.raises(ValueError):
-        judge_evidence(signed, OPENINGS + b"\x00\x00\x00\x05junk", BlockLoader(node.model_dir), Thresholds({}))
+        judge_evidence(
+            signed, OPENINGS + b"\x00\x00\x00\x05junk", BlockLoader(node.model_dir), Thresholds({})
+        )
 
 
 def test_chain_break_is_blamed_on_the_unacknowledged_hop(model_dir: Path) -> None:

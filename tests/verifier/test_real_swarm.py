@@ -39,8 +39,19 @@ def real_swarm(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     peers = dht.ready["maddrs"]
 
     def node(span: str, name: str) -> InProcessNode:
-        return InProcessNode([str(model_dir), "--blocks", span, "--initial-peers", *peers, "--key",
-                              str(tmp / f"{name}.key"), "--ledger", ledger.url]).wait()
+        return InProcessNode(
+            [
+                str(model_dir),
+                "--blocks",
+                span,
+                "--initial-peers",
+                *peers,
+                "--key",
+                str(tmp / f"{name}.key"),
+                "--ledger",
+                ledger.url,
+            ]
+        ).wait()
 
     honest = node("0:2", "honest")
     real_load = BlockSpan.load.__func__  # type: ignore[attr-defined]
@@ -53,8 +64,9 @@ def real_swarm(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         cheater = node("2:4", "cheater")  # ...and announces float32 like everyone else
     finally:
         BlockSpan.load = classmethod(real_load)  # type: ignore[method-assign]
-    client = AutoDistributedModelForCausalLM.from_pretrained(str(model_dir), initial_peers=peers,
-                                                             key=str(tmp / "client.key"))
+    client = AutoDistributedModelForCausalLM.from_pretrained(
+        str(model_dir), initial_peers=peers, key=str(tmp / "client.key")
+    )
     ids = torch.randint(3, 500, (1, 6), generator=torch.Generator().manual_seed(0))
     client.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
     expected = 2 * 4  # 4 inference steps x 2 nodes
@@ -62,8 +74,16 @@ def real_swarm(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     deadline = time.monotonic() + 60
     while len(reader.due(rate=1.0, limit=100)) < expected and time.monotonic() < deadline:
         time.sleep(0.5)
-    yield {"ledger": ledger, "peers": peers, "honest": honest, "cheater": cheater, "reader": reader,
-           "model": model_dir, "tmp": tmp, "expected": expected}
+    yield {
+        "ledger": ledger,
+        "peers": peers,
+        "honest": honest,
+        "cheater": cheater,
+        "reader": reader,
+        "model": model_dir,
+        "tmp": tmp,
+        "expected": expected,
+    }
     reader.close()
     client.close()
     for n in (honest, cheater):
@@ -76,16 +96,29 @@ def test_real_nodes_honest_passes_and_int8_cheater_fails(real_swarm: dict) -> No
     ledger: LedgerProcess = real_swarm["ledger"]
     due = real_swarm["reader"].due(rate=1.0, limit=100)
     assert len(due) >= real_swarm["expected"]
-    config = ServiceConfig(ledger=ledger.url, model=str(real_swarm["model"]), key_file="", sample_rate=1.0,
-                           challenge_timeout_s=10.0)
-    verifier = Verifier(config, ledger.verifier, LedgerClient(ledger.url, ledger.verifier),
-                        Challenger(real_swarm["peers"], timeout_s=10.0), VerifierState(real_swarm["tmp"] / "v.sqlite"))
+    config = ServiceConfig(
+        ledger=ledger.url,
+        model=str(real_swarm["model"]),
+        key_file="",
+        sample_rate=1.0,
+        challenge_timeout_s=10.0,
+    )
+    verifier = Verifier(
+        config,
+        ledger.verifier,
+        LedgerClient(ledger.url, ledger.verifier),
+        Challenger(real_swarm["peers"], timeout_s=10.0),
+        VerifierState(real_swarm["tmp"] / "v.sqlite"),
+    )
     try:
         assert verifier.poll_once() == len(due)
     finally:
         verifier.challenger.close()  # type: ignore[union-attr]
         verifier.state.close()
-    keys = {real_swarm["honest"].ready["node_key"]: "honest", real_swarm["cheater"].ready["node_key"]: "cheater"}
+    keys = {
+        real_swarm["honest"].ready["node_key"]: "honest",
+        real_swarm["cheater"].ready["node_key"]: "cheater",
+    }
     seen = {"honest": 0, "cheater": 0}
     for item in due:
         assert item["kind"] == int(Kind.INFERENCE)

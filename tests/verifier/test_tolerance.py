@@ -44,8 +44,9 @@ def test_shipped_thresholds_cover_every_dtype_and_separate_cheaters() -> None:
         assert th.lookup(dtype, "cuda").threshold >= th.lookup(dtype, "cpu").threshold * 0.99
     assert th.lookup("float32", "cpu").threshold < 1e-3  # an int8 node claiming fp32 scores ~1e-2
     assert th.lookup("bfloat16", "cpu").threshold < 0.12  # an nf4 node scores >= 0.12
-    assert th.lookup("float32", "tpu").threshold == max(t.threshold for t in th.entries.values()
-                                                        if t.dtype == "float32")
+    assert th.lookup("float32", "tpu").threshold == max(
+        t.threshold for t in th.entries.values() if t.dtype == "float32"
+    )
     with pytest.raises(KeyError):
         th.lookup("int8")
 
@@ -59,11 +60,26 @@ def test_threshold_from_samples_and_tail_estimate() -> None:
     assert tail_probability([0.0] * 10, 1e-9) == 0.0
 
 
-def test_calibrate_command_writes_thresholds(model_dir: Path, other_model_dir: Path, tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_calibrate_command_writes_thresholds(
+    model_dir: Path, other_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "th.json"
-    rc = corolla(["verifier", "calibrate", "--model", str(model_dir), "--other-model", str(other_model_dir),
-                  "--trials", "12", "--adversary-trials", "4", "--out", str(out)])
+    rc = corolla(
+        [
+            "verifier",
+            "calibrate",
+            "--model",
+            str(model_dir),
+            "--other-model",
+            str(other_model_dir),
+            "--trials",
+            "12",
+            "--adversary-trials",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     th = Thresholds.load(out)
     assert th.entries["float32/cpu"].trials == 12 and th.entries["bfloat16/cpu"].trials == 12
@@ -89,14 +105,20 @@ def test_calibrate_command_writes_thresholds(model_dir: Path, other_model_dir: P
     ],
 )
 def test_user_mistakes_get_one_line_and_exit_2(argv: list[str]) -> None:
-    proc = subprocess.run([sys.executable, "-m", "cli.main", *argv], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.main", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("corolla verifier:")
 
 
 def test_help_lists_subcommands() -> None:
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "verifier", "--help"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.main", "verifier", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0 and "calibrate" in proc.stdout and "recheck" in proc.stdout

@@ -61,7 +61,9 @@ def _hidden(seed: int, batch: int = 2, length: int = 5) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def swarm(model_dir: Path, other_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
+def swarm(
+    model_dir: Path, other_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Swarm]:
     from models.manifest_builder import load_manifest
 
     tmp = tmp_path_factory.mktemp("verifier-swarm")
@@ -119,11 +121,23 @@ def swarm(model_dir: Path, other_model_dir: Path, tmp_path_factory: pytest.TempP
 
 
 def _verifier(swarm: Swarm, state: Path, ledger_url: str | None = None, **kw: object) -> Verifier:
-    config = ServiceConfig(ledger=swarm.ledger.url, model=str(swarm.honest[0].model_dir), key_file="",
-                           sample_rate=1.0, challenge_timeout_s=1.5, unreachable_limit=3, **kw)  # type: ignore[arg-type]
+    config = ServiceConfig(
+        ledger=swarm.ledger.url,
+        model=str(swarm.honest[0].model_dir),
+        key_file="",
+        sample_rate=1.0,
+        challenge_timeout_s=1.5,
+        unreachable_limit=3,
+        **kw,
+    )  # type: ignore[arg-type]
     challenger = Challenger(swarm.bootstrap.maddrs, timeout_s=config.challenge_timeout_s)
-    return Verifier(config, swarm.ledger.verifier, LedgerClient(ledger_url or swarm.ledger.url, swarm.ledger.verifier),
-                    challenger, VerifierState(state))
+    return Verifier(
+        config,
+        swarm.ledger.verifier,
+        LedgerClient(ledger_url or swarm.ledger.url, swarm.ledger.verifier),
+        challenger,
+        VerifierState(state),
+    )
 
 
 def _verdicts(swarm: Swarm, receipt: SignedReceipt) -> list[dict]:
@@ -157,8 +171,15 @@ def judged(swarm: Swarm, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     stats = second.stats
     second.challenger.close()
     second.state.close()
-    return {"unposted": unposted, "first_batch": first_batch, "second_checked": n, "again": again,
-            "stats": stats, "challenges_before": challenges_before, "state": state}
+    return {
+        "unposted": unposted,
+        "first_batch": first_batch,
+        "second_checked": n,
+        "again": again,
+        "stats": stats,
+        "challenges_before": challenges_before,
+        "state": state,
+    }
 
 
 def test_every_adversary_fails_with_its_reason_and_honest_nodes_pass(swarm: Swarm, judged: dict) -> None:
@@ -166,7 +187,9 @@ def test_every_adversary_fails_with_its_reason_and_honest_nodes_pass(swarm: Swar
         results = [(v["result"], v["reason"]) for v in _verdicts(swarm, r)]
         assert results == [(int(Result.PASS), int(Reason.NONE))], (r.receipt.block_start, results)
     for name, reason in EXPECTED.items():
-        fails = [v for r in swarm.receipts[name] for v in _verdicts(swarm, r) if v["result"] == int(Result.FAIL)]
+        fails = [
+            v for r in swarm.receipts[name] for v in _verdicts(swarm, r) if v["result"] == int(Result.FAIL)
+        ]
         assert fails, f"{name} was not caught"
         assert {v["reason"] for v in fails} == {int(reason)}, (name, fails)
     # the replayer's first answer was honest work: only the replay fails
@@ -176,11 +199,13 @@ def test_every_adversary_fails_with_its_reason_and_honest_nodes_pass(swarm: Swar
 
 
 def test_silent_node_is_unreachable_then_failed(swarm: Swarm, judged: dict) -> None:
-    verdicts = sorted((v for r in swarm.receipts["silent"] for v in _verdicts(swarm, r)),
-                      key=lambda v: v["timestamp_ms"])
+    verdicts = sorted(
+        (v for r in swarm.receipts["silent"] for v in _verdicts(swarm, r)), key=lambda v: v["timestamp_ms"]
+    )
     # in the order judged: two misses are unreachable, the third in a row is a failure
-    assert [(v["result"], v["reason"]) for v in verdicts] == [(int(Result.UNREACHABLE), int(Reason.UNREACHABLE))] * 2 + [
-        (int(Result.FAIL), int(Reason.UNREACHABLE))]
+    assert [(v["result"], v["reason"]) for v in verdicts] == [
+        (int(Result.UNREACHABLE), int(Reason.UNREACHABLE))
+    ] * 2 + [(int(Result.FAIL), int(Reason.UNREACHABLE))]
 
 
 def test_restarted_verifier_neither_repeats_nor_skips(swarm: Swarm, judged: dict) -> None:
@@ -225,7 +250,9 @@ def test_cheaters_are_slashed_at_the_next_epoch_and_honest_nodes_are_not(swarm: 
         client.close()
 
 
-def test_recheck_reproduces_true_verdicts_and_exposes_a_false_one(swarm: Swarm, judged: dict, tmp_path: Path) -> None:
+def test_recheck_reproduces_true_verdicts_and_exposes_a_false_one(
+    swarm: Swarm, judged: dict, tmp_path: Path
+) -> None:
     model = str(swarm.honest[0].model_dir)
     honest_receipt = swarm.receipts["honest"][0]
     noise_receipt = swarm.receipts["noise"][0]
@@ -252,15 +279,25 @@ def test_recheck_reproduces_true_verdicts_and_exposes_a_false_one(swarm: Swarm, 
     blob = OPENINGS + node.open(victim.id, block).to_bytes()
     liar = Identity.generate()
     swarm.ledger.client(swarm.ledger.admin).post("/v1/roles", {"key": liar.public_hex, "role": "verifier"})
-    false = Verdict(receipt_id=victim.id, verifier_key=liar.public_key, block=block, result=Result.FAIL,
-                    reason=Reason.OUTPUT_MISMATCH, openings_hash=evidence_hash(blob), tolerance=1e-6,
-                    measured=0.5, timestamp_ms=1).sign(liar)
+    false = Verdict(
+        receipt_id=victim.id,
+        verifier_key=liar.public_key,
+        block=block,
+        result=Result.FAIL,
+        reason=Reason.OUTPUT_MISMATCH,
+        openings_hash=evidence_hash(blob),
+        tolerance=1e-6,
+        measured=0.5,
+        timestamp_ms=1,
+    ).sign(liar)
     posted = LedgerClient(swarm.ledger.url, liar).post_verdict(false, blob)
     assert posted["id"] == false.id.hex()
     out = recheck(false.id.hex(), ledger=swarm.ledger.url, model=model, initial_peers=swarm.bootstrap.maddrs)
     assert not out.reproduced and out.recomputed is not None and out.recomputed.result == Result.PASS
     assert json.loads(json.dumps(out.to_json()))["reproduced"] is False
-    assert SignedVerdict.from_json(LedgerClient(swarm.ledger.url)._get(f"/v1/verdicts/{false.id.hex()}")["signed"])
+    assert SignedVerdict.from_json(
+        LedgerClient(swarm.ledger.url)._get(f"/v1/verdicts/{false.id.hex()}")["signed"]
+    )
     assert victim.receipt.kind == Kind.FORWARD
 
 
@@ -271,19 +308,45 @@ def test_verifier_command_checks_what_is_due_once(swarm: Swarm, judged: dict, tm
     client = Client()
     fresh = client.chain(swarm.honest, _hidden(999))
     poster = swarm.ledger.client(Identity.generate())
-    assert len(poster.post("/v1/receipts", {"receipts": [r.to_json() for r in fresh]}).json()["accepted"]) == 2
+    assert (
+        len(poster.post("/v1/receipts", {"receipts": [r.to_json() for r in fresh]}).json()["accepted"]) == 2
+    )
     poster.close()
     key = tmp_path / "verifier.key"
     swarm.ledger.verifier.save(key)
-    cmd = [sys.executable, "-m", "cli.main", "verifier", "--ledger", swarm.ledger.url, "--model",
-           str(swarm.honest[0].model_dir), "--key", str(key), "--initial-peers", *swarm.bootstrap.maddrs,
-           "--sample-rate", "1", "--once", "--state", str(tmp_path / "state.sqlite"),
-           "--ready-file", str(tmp_path / "ready.json")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "verifier",
+        "--ledger",
+        swarm.ledger.url,
+        "--model",
+        str(swarm.honest[0].model_dir),
+        "--key",
+        str(key),
+        "--initial-peers",
+        *swarm.bootstrap.maddrs,
+        "--sample-rate",
+        "1",
+        "--once",
+        "--state",
+        str(tmp_path / "state.sqlite"),
+        "--ready-file",
+        str(tmp_path / "ready.json"),
+    ]
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
-        "checked": 2, "passed": 2, "failed": 0, "unreachable": 0, "reposted": 0}
-    assert json.loads((tmp_path / "ready.json").read_text())["verifier_key"] == swarm.ledger.verifier.public_hex
+        "checked": 2,
+        "passed": 2,
+        "failed": 0,
+        "unreachable": 0,
+        "reposted": 0,
+    }
+    assert (
+        json.loads((tmp_path / "ready.json").read_text())["verifier_key"] == swarm.ledger.verifier.public_hex
+    )
     for r in fresh:
         assert [v["result"] for v in _verdicts(swarm, r)] == [int(Result.PASS)]
