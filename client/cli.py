@@ -20,6 +20,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     p.add_argument("--key", help="client identity key file: verify and counter-sign receipts")
     p.add_argument("--token-ids", action="store_true", help="print the generated token ids, not text")
+    p.add_argument("--ledger", help="ledger URL to escrow credits with (with --spend)")
+    p.add_argument("--spend", type=int, default=0, metavar="N",
+                   help="pay up to N credits for priority service (needs --ledger and --key; default 0 = free)")
     return p.parse_args(argv)
 
 
@@ -31,6 +34,9 @@ def main(argv: list[str]) -> int:
     if args.temperature <= 0 or args.top_k < 1:
         print("corolla generate: --temperature must be > 0 and --top-k >= 1", file=sys.stderr)
         return 2
+    if args.spend < 0 or (args.spend and not (args.ledger and args.key)):
+        print("corolla generate: --spend N needs N >= 0, --ledger URL and --key FILE", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import torch
     from transformers import AutoTokenizer
@@ -40,8 +46,9 @@ def main(argv: list[str]) -> int:
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
         model = AutoDistributedModelForCausalLM.from_pretrained(args.model, initial_peers=args.initial_peers,
-                                                                key=args.key)
-    except (OSError, ValueError) as exc:
+                                                                key=args.key, ledger=args.ledger,
+                                                                spend=args.spend or None)
+    except (OSError, ValueError, RuntimeError) as exc:
         print(f"corolla generate: {exc}", file=sys.stderr)
         return 2
     try:
@@ -55,6 +62,9 @@ def main(argv: list[str]) -> int:
             print(" ".join(str(t) for t in out[0].tolist()))
         else:
             print(tokenizer.decode(out[0], skip_special_tokens=True))
+        spending = model.swarm.spending
+        if spending is not None and hasattr(spending, "spent"):
+            print(f"spent {spending.spent} of {args.spend} credits for priority", file=sys.stderr)
     finally:
         model.close()
     return 0

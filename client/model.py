@@ -144,7 +144,11 @@ class AutoDistributedModelForCausalLM:
     @staticmethod
     def from_pretrained(model: str, initial_peers: list[str], *, dtype: torch.dtype = torch.float32,
                         key: str | None = None, refresh_s: float = 10.0, ban_s: float = 60.0,
-                        spending: Any = None, **kwargs: Any) -> DistributedModelForCausalLM:
+                        spending: Any = None, ledger: str | None = None, spend: int | None = None,
+                        **kwargs: Any) -> DistributedModelForCausalLM:
+        """Open the swarm serving `model`. With `ledger`, `key` and `spend`, the client escrows up
+        to `spend` credits with the ledger and attaches priority tickets to its requests until the
+        budget is used up, then falls back to free service."""
         from client.routing import Router
         from client.swarm_connection import SwarmConnection
         from models.loading import resolve_model_dir
@@ -158,6 +162,13 @@ class AutoDistributedModelForCausalLM:
         manifest_hash = manifest.manifest_hash()
         router = Router(lambda: conn.announcements(manifest_hash), manifest.num_blocks,
                         refresh_s=refresh_s, ban_s=ban_s)
+        if spending is None and spend:
+            if not (ledger and key):
+                raise ValueError("spending credits needs both ledger=URL and key=FILE")
+            from client.spending import SpendingPolicy
+            from protocol.identity import Identity
+
+            spending = SpendingPolicy(ledger, Identity.load(key), int(spend))
         swarm = SwarmContext(conn, router, manifest_hash, manifest.num_blocks, spending=spending)
         if key is not None:
             from client.receipt_book import ReceiptBook

@@ -168,7 +168,7 @@ async def serve(cfg: NodeConfig, stop: asyncio.Event | None = None,
     from node.block_server import BlockServer, ServerLimits
     from node.dht_peer import start_dht_peer, visible_maddrs
     from node.ready_file import write_ready_file
-    from node.task_queue import TaskQueue
+    from node.task_pool import PriorityTaskQueue
     from node.throughput import measure_throughput
     from protocol.dht_keys import NodeAnnouncement
 
@@ -184,7 +184,7 @@ async def serve(cfg: NodeConfig, stop: asyncio.Event | None = None,
                 cfg.model, cfg.dtype, cfg.device, step_rate, forward_rate)
 
     dht = await start_dht_peer(cfg.initial_peers, cfg.host, cfg.port)
-    queue = TaskQueue()
+    queue = PriorityTaskQueue()  # paid before free, inference before bulk, free tasks age
     limits = ServerLimits(cfg.max_cache_tokens, cfg.max_session_length, cfg.max_payload_mb << 20)
     server = BlockServer(span, manifest_hash, queue, limits, receipts, make_ticket_gate(cfg, receipts))
     await server.add_handlers(dht.p2p)
