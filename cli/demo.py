@@ -50,6 +50,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--workdir", help="where logs, ready files and the model go (default: a temp dir)")
     p.add_argument("--max-new-tokens", type=int, default=24, help="tokens to generate (default 24)")
     p.add_argument("--tune-steps", type=int, default=6, help="prompt-tuning steps (default 6)")
+    p.add_argument("--no-chain", action="store_true", help="skip on-chain settlement even if anvil is installed")
+    p.add_argument("--quick", action="store_true", help="skip the priority-under-load part")
+    p.add_argument("--hold", action="store_true", help="keep every service up at the end until Ctrl-C")
     return p.parse_args(argv)
 
 
@@ -88,7 +91,8 @@ def split_blocks(num_blocks: int, parts: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
-def start_swarm(model: Path, nodes: int, workdir: Path, stack: ExitStack) -> list[str]:
+def start_swarm(model: Path, nodes: int, workdir: Path, stack: ExitStack,
+                operator_keys: list[Path] | None = None, ledger_url: str | None = None) -> list[str]:
     from models.manifest_builder import load_manifest
 
     dht = start_service("dht", ["dht"], workdir)
@@ -98,8 +102,11 @@ def start_swarm(model: Path, nodes: int, workdir: Path, stack: ExitStack) -> lis
     spans = split_blocks(load_manifest(model).num_blocks, nodes)
     services = []
     for i, (start, end) in enumerate(spans):
+        extra = ["--key", str(operator_keys[i])] if operator_keys else []
+        if ledger_url:
+            extra += ["--ledger", ledger_url, "--outbox", str(workdir / f"node{i}.outbox.sqlite")]
         service = start_service(f"node{i}", ["node", str(model), "--blocks", f"{start}:{end}",
-                                             "--initial-peers", *peers], workdir)
+                                             "--initial-peers", *peers, *extra], workdir)
         stack.callback(service.stop)
         services.append(service)
     for service in services:
@@ -144,27 +151,83 @@ def prompt_tune(client: Any, model: Path, steps: int) -> list[float]:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         say(f"prompt tuning step {step + 1}/{steps}: loss {loss.item():.4f}")
     return losses
 
 
+def start_chain(workdir: Path, stack: ExitStack) -> dict[str, Any] | None:
+    from cli.demo_economy import find_anvil
+
+    if find_anvil() is None:
+        say("no local chain (anvil not found): settlement skipped")
+        return None
+    chain = start_service("chain", ["chain", "devnet", "--dir", str(workdir / "chain")], workdir)
+    stack.callback(chain.stop)
+    info = wait_ready(chain).ready
+    say(f"local chain at {info['rpc']}: Settlement {info['settlement']}")
+    return info
+
+
 def run(args: argparse.Namespace) -> int:
+    from cli import demo_economy as eco
+
     with ExitStack() as stack:
         workdir = Path(args.workdir) if args.workdir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         workdir.mkdir(parents=True, exist_ok=True)
         model = ensure_model(args.model, workdir)
-        peers = start_swarm(model, args.nodes, workdir, stack)
+        keys = eco.Keys.create(workdir, max(1, min(args.nodes, 64)))
+        chain = None if args.no_chain else start_chain(workdir, stack)
+        ledger = start_service("ledger", eco.ledger_args(workdir, keys, 100_000, chain), workdir)
+        stack.callback(ledger.stop)
+        url = wait_ready(ledger).ready["url"]
+        say(f"ledger at {url} (dashboard: {url}/dashboard)")
+        api = eco.LedgerApi(url)
+        stack.callback(api.close)
+        eco.register_manifest(api, model, keys.admin)
+        address = eco.bind_operator(api, keys.operators[0], chain["keys"]["operator"]) if chain else None
+        peers = start_swarm(model, args.nodes, workdir, stack, keys.operators, url)
         from client import AutoDistributedModelForCausalLM
 
-        client = AutoDistributedModelForCausalLM.from_pretrained(str(model), initial_peers=peers)
+        client = AutoDistributedModelForCausalLM.from_pretrained(str(model), initial_peers=peers,
+                                                                 key=str(keys.client))
         stack.callback(client.close)
         same = generate_and_compare(client, model, args.max_new_tokens)
         losses = prompt_tune(client, model, args.tune_steps)
         down = len(losses) > 1 and losses[-1] < losses[0]
         say(f"loss went {'down' if down else 'NOT down'}: {losses[0]:.4f} -> {losses[-1]:.4f}")
-        say("stopping the swarm")
-        return 0 if same and down else 1
+        say(f"client holds {len(client.swarm.receipts.receipts)} counter-signed receipts")
+
+        eco.wait_for_receipts(api, minimum=1)
+        say("verifier spot-checks receipts (challenges nodes, recomputes random blocks)")
+        eco.run_verifier(model, url, keys, peers, workdir)
+        eco.close_epoch(api, keys.admin)
+        earned = eco.print_earnings(api, keys)
+        ok = same and down and earned.get("operator0", 0) > 0
+
+        if not args.quick:
+            budget = max(1, min(earned.get("operator0", 0), 5000))
+            say(f"operator0 spends up to {budget} of its earned credits for priority while free clients load the swarm")
+            unloaded, paid_ms, free_ms, spent = eco.priority_under_load(model, peers, url, keys.operators[0],
+                                                                        budget, workdir, keys.client)
+            say(f"per token: unloaded {unloaded:.1f} ms; under bulk load: paying {paid_ms:.1f} ms, "
+                f"free {free_ms:.1f} ms; spent {spent} credits (benchmarks/priority.py measures the queue)")
+
+        if chain is not None and address is not None:
+            eco.close_epoch(api, keys.admin)  # anchors this epoch's root on the local chain
+            balance, cumulative = eco.claim_on_chain(api, chain, chain["keys"]["operator"], address)
+            say(f"operator0 claimed on-chain: token balance {balance}, ledger cumulative {cumulative} "
+                f"({'equal' if balance == cumulative else 'DIFFERENT'})")
+            ok = ok and balance == cumulative
+        if args.hold:
+            say(f"holding; dashboard at {url}/dashboard — Ctrl-C to stop")
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+        say("stopping everything")
+        return 0 if ok else 1
 
 
 def main(argv: list[str]) -> int:
