@@ -214,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
                 f"free {free_ms:.1f} ms; spent {spent} credits (benchmarks/priority.py measures the queue)")
 
         if chain is not None and address is not None:
+            eco.withdraw(api, keys.operators[0])
             eco.close_epoch(api, keys.admin)  # anchors this epoch's root on the local chain
             balance, cumulative = eco.claim_on_chain(api, chain, chain["keys"]["operator"], address)
             say(f"operator0 claimed on-chain: token balance {balance}, ledger cumulative {cumulative} "

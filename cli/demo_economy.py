@@ -219,6 +219,16 @@ def priority_under_load(model: Path, peers: list[str], ledger_url: str, operator
         free.close()
 
 
+def withdraw(api: LedgerApi, operator: Path) -> int:
+    """Move the operator's whole balance on-chain: claimable after the next epoch."""
+    key = Keys.hex(operator)
+    amount = int(api.get(f"/v1/accounts/{key}")["balance"])
+    if amount > 0:
+        api.post("/v1/withdrawals", {"amount": amount}, operator)
+    say(f"operator0 withdrew {amount} credits from the ledger for an on-chain claim")
+    return amount
+
+
 def claim_on_chain(api: LedgerApi, chain: dict[str, Any], evm_key_file: str, address: str) -> tuple[int, int]:
     """Claim the operator's anchored credits; returns (token balance, ledger cumulative)."""
     from web3 import Web3

@@ -156,7 +156,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", default=None, help="the account's Ed25519 key file (default: $COROLLA_KEY or ~/.corolla/identity.key)")
     p.add_argument("--limit", type=int, default=50, help="show at most this many history entries (default 50)")
     p.add_argument("--width", type=int, default=None, help="table width in characters (default: the terminal's)")
+    p.add_argument("--withdraw", type=int, default=0, metavar="N",
+                   help="first move N credits on-chain (needs a bound EVM address); `corolla claim` "
+                        "pays them out after the next epoch")
     return p
+
+
+def withdraw(http: httpx.Client, ledger_url: str, identity: Identity, amount: int) -> None:
+    """Ask the ledger to move `amount` credits to the on-chain claimable total (signed POST)."""
+    import json
+
+    body = json.dumps({"amount": amount}).encode()
+    headers = sign_request(identity, "POST", "/v1/withdrawals", body)
+    headers["content-type"] = "application/json"
+    try:
+        resp = http.post(ledger_url.rstrip("/") + "/v1/withdrawals", content=body, headers=headers)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise WalletError(f"cannot reach the ledger at {ledger_url}: {exc}") from None
+    if resp.status_code >= 400:
+        try:
+            detail = resp.json().get("detail", resp.text)
+        except ValueError:
+            detail = resp.text
+        raise WalletError(f"withdrawal refused: {str(detail)[:200]}")
 
 
 def main(argv: list[str]) -> int:
@@ -169,6 +191,11 @@ def main(argv: list[str]) -> int:
     console = Console(width=args.width)
     try:
         with httpx.Client(timeout=10.0) as http:
+            if args.withdraw:
+                if args.withdraw < 0:
+                    raise WalletError("--withdraw takes a positive number of credits")
+                withdraw(http, args.ledger, identity, args.withdraw)
+                console.print(f"withdrew {args.withdraw} credits: claimable on-chain after the next epoch")
             account = fetch_account(http, args.ledger, identity)
             history = fetch_history(http, args.ledger, identity)
             tickets = fetch_ticket_spending(http, args.ledger, identity)

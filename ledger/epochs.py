@@ -11,8 +11,8 @@
 5. Each failed verdict not yet applied slashes its node: `slash_multiple` × the value the
    node claimed in this epoch (its receipts settled now plus the failed ones), capped by
    its balance (node → slash).
-6. Accounts bound to an EVM address get a cumulative claimable amount (earned work and
-   ticket income net of slashes, never decreasing); their BalanceTree root is stored on
+6. Accounts bound to an EVM address get a cumulative claimable amount: every credit they
+   withdrew from the off-chain books (ledger/withdrawals.py); their BalanceTree root is stored on
    the epoch row. If a chain is configured, `ledger.anchoring.anchor_epoch` posts it.
 """
 
@@ -29,7 +29,8 @@ from ledger.clock import now_ms
 from ledger.context import LedgerContext
 from ledger.db import session_scope
 from ledger.journal import Transfer, balance, post
-from ledger.models import Account, Epoch, EpochBalance, JournalEntry, Receipt, Ticket, Verdict
+from ledger.models import Account, Epoch, EpochBalance, Receipt, Ticket, Verdict
+from ledger.withdrawals import withdrawn
 from protocol.merkle import BalanceTree
 
 log = logging.getLogger("corolla.ledger.epochs")
@@ -139,12 +140,8 @@ def _balance_root(session: Session, n: int) -> tuple[str | None, int]:
         return None, 0
     entries = []
     for account in bound:
-        net = session.execute(
-            select(func.coalesce(func.sum(col(JournalEntry.delta)), 0)).where(
-                col(JournalEntry.account) == account.key, col(JournalEntry.kind).in_(("work", "spend", "slash"))  # type: ignore[attr-defined]
-            )
-        ).scalar_one()
-        account.cumulative = max(account.cumulative, int(net))
+        # what the address may claim: every credit it withdrew from the off-chain books
+        account.cumulative = max(account.cumulative, withdrawn(session, account.key))
         entries.append((account.evm_address or "", account.cumulative, account.key))
     tree = BalanceTree([(addr, cum) for addr, cum, _ in entries])
     for addr, cum, key in entries:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Column, LargeBinary, Text
 from sqlmodel import Field, SQLModel
 
-SYSTEM_ACCOUNTS = ("mint", "burn", "escrow", "slash")
+SYSTEM_ACCOUNTS = ("mint", "burn", "escrow", "slash", "onchain")
 
 
 class SchemaVersion(SQLModel, table=True):

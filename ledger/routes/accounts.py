@@ -107,3 +107,24 @@ def grant_role(ctx: ContextDep, signer: SignerDep, grant: Annotated[RoleGrant, B
         summary = account_summary(session, grant.key)
     assert summary is not None
     return summary
+
+
+@router.post("/v1/withdrawals", response_model=AccountPublic,
+             summary="Move credits on-chain: claimable by the bound EVM address after the next epoch")
+def post_withdrawal(
+    ctx: ContextDep, signer: SignerDep,
+    body: Annotated[dict[str, Any], Body(description='{"amount": credits}')],
+) -> AccountPublic:
+    from ledger.withdrawals import WithdrawalError, withdraw
+
+    amount = body.get("amount") if isinstance(body, dict) else None
+    if not isinstance(amount, int) or isinstance(amount, bool):
+        raise HTTPException(422, "amount must be an integer number of credits")
+    try:
+        withdraw(ctx, signer, amount)
+    except WithdrawalError as exc:
+        raise HTTPException(409, str(exc)) from None
+    with session_scope(ctx.engine) as session:
+        summary = account_summary(session, signer.hex())
+    assert summary is not None
+    return summary

@@ -92,13 +92,22 @@ def test_operator_claims_what_the_ledger_settled(chain_env: SimpleNamespace, tmp
         ledger.client().post("/v1/manifests", manifest.to_json())
         assert ledger.client(node).post("/v1/accounts/bind", make_binding(node, operator.key).to_json()).status_code == 200
         _work(ledger, node, manifest, 3)
+        ledger.close_epoch()  # pays the work off-chain; nothing is claimable before a withdrawal
+        account = ledger.client().get(f"/v1/accounts/{node.public_hex}").json()
+        assert account["cumulative"] == 0 and account["balance"] > 1
+        earned = account["balance"]
+        withdrawal = ledger.client(node).post("/v1/withdrawals", {"amount": earned - 1})
+        assert withdrawal.status_code == 200 and withdrawal.json()["balance"] == 1
+        # withdrawn credits left the off-chain books: they cannot be spent or withdrawn again
+        assert ledger.client(node).post("/v1/withdrawals", {"amount": 2}).status_code == 409
+        assert ledger.client(node).post("/v1/tickets", {"cap": 2, "ttl_s": 60}).status_code == 409
         first = ledger.close_epoch()
         epoch = ledger.client().get(f"/v1/epochs/{first['number']}").json()
         assert epoch["anchor_tx"] and epoch["anchor_block"], "the ledger did not anchor the epoch"
-        assert _posts(chain_env) == [(first["number"], epoch["anchor_tx"])]
+        assert _posts(chain_env)[-1] == (first["number"], epoch["anchor_tx"])
 
         cumulative = ledger.client().get(f"/v1/accounts/{node.public_hex}").json()["cumulative"]
-        assert cumulative > 0
+        assert cumulative == earned - 1
         result = _claim(ledger, chain_env, key_file)
         token = Token(chain_env.chain, chain_env.deployment)
         assert result["paid"] == cumulative and token.balance_of(operator.address) == cumulative
@@ -110,6 +119,9 @@ def test_operator_claims_what_the_ledger_settled(chain_env: SimpleNamespace, tmp
         assert token.balance_of(operator.address) == cumulative
 
         _work(ledger, node, manifest, 2)
+        ledger.close_epoch()
+        balance = ledger.client().get(f"/v1/accounts/{node.public_hex}").json()["balance"]
+        assert ledger.client(node).post("/v1/withdrawals", {"amount": balance}).status_code == 200
         second = ledger.close_epoch()
         cumulative = ledger.client().get(f"/v1/accounts/{node.public_hex}").json()["cumulative"]
         later = asdict(claim(ledger.url, chain_env.chain_rpc, str(key_file), settlement=chain_env.deployment.settlement))

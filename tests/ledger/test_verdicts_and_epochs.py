@@ -83,6 +83,11 @@ def test_epoch_root_is_the_balance_tree_of_bound_accounts(ledger, manifest) -> N
     for i, node in enumerate(nodes):
         batch = [make_receipt(node, client, manifest, step=s, tokens=4 * (i + 1)).to_json() for s in range(i + 1)]
         ledger.client(node).post("/v1/receipts", {"receipts": batch})
+    ledger.close_epoch()  # pays the work; only withdrawn credits become claimable on-chain
+    for node in nodes:
+        earned = ledger.client().get(f"/v1/accounts/{node.public_hex}").json()["balance"]
+        assert ledger.client(node).post("/v1/withdrawals", {"amount": earned}).status_code == 200
+    assert ledger.client(intruder).post("/v1/withdrawals", {"amount": 1}).status_code == 409  # unbound
     epoch = ledger.close_epoch()
     c = ledger.client()
     leaves = []

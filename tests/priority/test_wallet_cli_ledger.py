@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from tests_priority_helpers import receipt_for, submit
 
 from client import wallet_cli
@@ -44,3 +46,28 @@ def test_wallet_and_earnings_show_what_the_ledger_settled(ledger, tmp_path, caps
     assert cells[0] == str(epoch) and cells[2] == "12"  # ticket income in that epoch
     assert "balance" in out
     policy.close()
+
+
+def test_wallet_withdraw_moves_credits_on_chain_only_for_a_bound_account(ledger, tmp_path, capsys):
+    from eth_account import Account
+
+    from protocol.binding import make_binding
+
+    client = ledger.rich[7]
+    key_file = save(client, tmp_path)
+    assert wallet_cli.main(["--ledger", ledger.url, "--key", key_file, "--withdraw", "5"]) == 2
+    assert "bind this key to an EVM address first" in capsys.readouterr().err
+
+    import httpx
+
+    from protocol.request_auth import sign_request
+
+    body = json.dumps(make_binding(client, Account.create().key).to_json()).encode()
+    headers = {**sign_request(client, "POST", "/v1/accounts/bind", body), "content-type": "application/json"}
+    assert httpx.post(ledger.url + "/v1/accounts/bind", content=body, headers=headers).status_code == 200
+    before = httpx.get(f"{ledger.url}/v1/accounts/{client.public_hex}").json()["balance"]
+    assert wallet_cli.main(["--ledger", ledger.url, "--key", key_file, "--withdraw", "5", "--width", "200"]) == 0
+    assert "withdrew 5 credits" in capsys.readouterr().out
+    assert httpx.get(f"{ledger.url}/v1/accounts/{client.public_hex}").json()["balance"] == before - 5
+    assert wallet_cli.main(["--ledger", ledger.url, "--key", key_file, "--withdraw", str(before)]) == 2
+    assert "insufficient credits" in capsys.readouterr().err
