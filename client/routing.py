@@ -48,10 +48,11 @@ class Router:
         old = self.rtt.get(peer_id)
         self.rtt[peer_id] = seconds if old is None else 0.8 * old + 0.2 * seconds
 
-    def usable(self) -> list[NodeAnnouncement]:
+    def usable(self, include_banned: bool = False) -> list[NodeAnnouncement]:
         now = time.monotonic()
         return [a for a in self.announcements
-                if a.online and self.banned_until.get(a.peer_id, 0.0) <= now and a.end <= self.num_blocks]
+                if a.online and a.end <= self.num_blocks
+                and (include_banned or self.banned_until.get(a.peer_id, 0.0) <= now)]
 
     def expected_latency(self, ann: NodeAnnouncement) -> float:
         return self.rtt.get(ann.peer_id, DEFAULT_RTT_S) + 1.0 / max(ann.throughput, 1e-3)
@@ -66,13 +67,21 @@ class Router:
             await self.refresh()
             chain = self._shortest_chain(start, end)
         if chain is None:
+            # Last resort: a banned node that still announces itself online beats no route at
+            # all (a transient failure, e.g. an empty stream, must not strand the client).
+            chain = self._shortest_chain(start, end, include_banned=True)
+            if chain is not None:
+                logger.warning("no route without banned nodes for blocks %d:%d; retrying %s", start, end,
+                               ", ".join(a.peer_id[-8:] for a in chain))
+                return chain
             spans = sorted((a.start, a.end) for a in self.usable())
             raise NoRouteError(f"no chain of available nodes covers blocks {start}:{end} (available spans: {spans})")
         return chain
 
-    def _shortest_chain(self, start: int, end: int) -> list[NodeAnnouncement] | None:
+    def _shortest_chain(self, start: int, end: int, include_banned: bool = False) -> list[NodeAnnouncement] | None:
         best: dict[int, tuple[float, list[NodeAnnouncement]]] = {start: (0.0, [])}
-        candidates = sorted((a for a in self.usable() if start <= a.start and a.end <= end), key=lambda a: a.start)
+        candidates = sorted((a for a in self.usable(include_banned) if start <= a.start and a.end <= end),
+                            key=lambda a: a.start)
         for ann in candidates:  # spans sorted by start: every predecessor boundary is final
             if ann.start not in best:
                 continue

@@ -238,7 +238,7 @@ class BlockServer:
                 return
             if frame.kind == "ack":
                 if self.receipts is not None:
-                    self.receipts.accept_ack(frame.meta)
+                    self.receipts.queue_ack(frame.meta)
                 continue
             if frame.kind != "step" or len(frame.tensors) != 1:
                 raise WireError(ErrorCode.BAD_REQUEST, f"expected a step frame with one tensor, got {frame.kind!r}")

@@ -10,6 +10,7 @@ challenge needs (node/openings.py). Client counter-signatures arrive as `ack` fr
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import time
@@ -62,6 +63,9 @@ class ReceiptSigner:
         self.shipper = shipper
         self.retention = retention or RetentionStore()
         self.unknown_acks = 0
+        # Acks are checked (Ed25519) and stored (SQLite) off the event loop, so a session's
+        # next step is read at once; one thread keeps them in arrival order.
+        self._ack_worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="corolla-acks")
 
     @classmethod
     def from_config(cls, key_path: str, outbox_path: str | None, ledger_url: str | None, span: Any,
@@ -80,6 +84,7 @@ class ReceiptSigner:
             self.shipper.start()
 
     async def stop(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._ack_worker.shutdown, True)
         if self.shipper is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.shipper.stop)
         self.outbox.close()
@@ -148,6 +153,11 @@ class ReceiptSigner:
 
     # ----- acknowledgements (event loop) -------------------------------------------------
 
+    def queue_ack(self, meta: dict[str, Any]) -> None:
+        """Check and store counter-signatures in the background (see accept_ack)."""
+        future = self._ack_worker.submit(self.accept_ack, meta)
+        future.add_done_callback(_log_ack_failure)
+
     def accept_ack(self, meta: dict[str, Any]) -> None:
         """Record client counter-signatures [(receipt_id, signature), ...] that verify."""
         for receipt_id, signature in meta.get("acks", []):
@@ -167,10 +177,15 @@ class ReceiptSigner:
     async def handle_ack(self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         frame = await read_frame(reader, 1 << 20)
         if frame.kind == "ack":
-            self.accept_ack(frame.meta)
+            self.queue_ack(frame.meta)
         await write_frame(writer, Frame("ok"))
 
     async def handle_open(self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         frame = await read_frame(reader, 1 << 20)
         await write_frame(writer, self.retention.openings_frame(frame))
 
+
+
+def _log_ack_failure(future: concurrent.futures.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("storing a client counter-signature failed", exc_info=future.exception())
