@@ -62,9 +62,16 @@ def _v1_initial(conn: Connection) -> None:
     SQLModel.metadata.create_all(conn)
 
 
+def _v2_verdict_evidence(conn: Connection) -> None:
+    from ledger.models import VerdictEvidence
+
+    VerdictEvidence.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+
+
 # (version, description, apply). Append only; never edit a released migration.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial tables", _v1_initial),
+    (2, "evidence stored with verdicts", _v2_verdict_evidence),
 ]
 
 

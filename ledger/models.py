@@ -75,6 +75,13 @@ class Verdict(SQLModel, table=True):
     body: str = Field(sa_column=Column(Text, nullable=False))  # SignedVerdict.to_json()
 
 
+class VerdictEvidence(SQLModel, table=True):
+    """The openings a verdict was judged on (base64), so anyone can recheck it from here."""
+
+    verdict_id: str = Field(primary_key=True, max_length=64)
+    evidence: str = Field(sa_column=Column(Text, nullable=False))
+
+
 class JournalEntry(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     txn: str = Field(index=True, max_length=32)

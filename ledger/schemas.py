@@ -102,6 +102,7 @@ class VerdictPublic(BaseModel):
 
 class VerdictDetail(VerdictPublic):
     signed: dict[str, Any]
+    evidence: str | None = Field(default=None, description="base64 openings the verdict was judged on")
 
 
 class PostedVerdict(BaseModel):

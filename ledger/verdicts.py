@@ -10,6 +10,8 @@ verdict withholds the receipt's payment and slashes its node at the next epoch
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import Any
 
@@ -19,9 +21,9 @@ from sqlmodel import col
 from ledger.clock import now_ms
 from ledger.context import LedgerContext
 from ledger.db import insert_ignore, session_scope
-from ledger.models import Account, Receipt
+from ledger.models import Account, Receipt, VerdictEvidence
 from ledger.models import Verdict as VerdictRow
-from protocol.verdicts import Result, SignedVerdict
+from protocol.verdicts import Result, SignedVerdict, openings_hash
 
 
 class VerdictError(ValueError):
@@ -41,6 +43,27 @@ def is_verifier(ctx: LedgerContext, session: Any, key: bytes) -> bool:
     return account is not None and account.role == "verifier"
 
 
+MAX_EVIDENCE_BYTES = 8 << 20
+
+
+def _evidence(body: Any, claimed_hash: bytes) -> str | None:
+    """The base64 `evidence` posted with a verdict, checked against its openings_hash."""
+    raw = body.get("evidence") if isinstance(body, dict) else None
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise VerdictError("evidence must be a base64 string")
+    if len(raw) > MAX_EVIDENCE_BYTES * 4 // 3 + 4:
+        raise VerdictError(f"evidence larger than {MAX_EVIDENCE_BYTES >> 20} MiB", 413)
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise VerdictError("evidence is not valid base64") from None
+    if openings_hash(data) != claimed_hash:
+        raise VerdictError("evidence does not hash to the verdict's openings_hash")
+    return raw
+
+
 def record_verdict(ctx: LedgerContext, signer: bytes, body: Any) -> tuple[str, bool]:
     """Store a signed verdict; returns (verdict id, newly stored). VerdictError on refusal."""
     try:
@@ -53,6 +76,7 @@ def record_verdict(ctx: LedgerContext, signer: bytes, body: Any) -> tuple[str, b
     if not sv.verify():
         raise VerdictError("bad verdict signature", 422)
     vid = sv.id.hex()
+    evidence = _evidence(body, v.openings_hash)
     with session_scope(ctx.engine) as session:
         if not is_verifier(ctx, session, signer):
             raise VerdictError("this key has no verifier role", 403)
@@ -65,6 +89,8 @@ def record_verdict(ctx: LedgerContext, signer: bytes, body: Any) -> tuple[str, b
             "tolerance": v.tolerance, "measured": v.measured, "timestamp_ms": v.timestamp_ms,
             "ingested_ms": now_ms(), "slash_epoch": None, "body": json.dumps(sv.to_json()),
         }], "id")
+        if evidence is not None:
+            insert_ignore(session, VerdictEvidence, [{"verdict_id": vid, "evidence": evidence}], "verdict_id")
         if inserted:
             new = int(v.result)
             current = col(Receipt.verdict_result)

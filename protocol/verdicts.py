@@ -156,3 +156,18 @@ class SignedVerdict:
         if claimed is not None and claimed != signed.id.hex():
             raise ValueError("verdict id does not match its contents")
         return signed
+
+
+OPENINGS_DOMAIN = b"COROLLA/openings/v1"
+NO_OPENINGS = bytes(32)  # openings_hash of a verdict that got no openings (unreachable)
+
+
+def openings_hash(evidence: bytes) -> bytes:
+    """A verdict's `openings_hash`: digest of the evidence it was judged on, zeros for none.
+
+    The ledger stores the evidence with the verdict and checks it against this hash, so
+    anyone can recompute the verdict from the ledger's records (`corolla verifier recheck`).
+    """
+    from protocol.hashing import digest
+
+    return digest(OPENINGS_DOMAIN + evidence) if evidence else NO_OPENINGS

@@ -15,11 +15,10 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from protocol.hashing import digest
 from protocol.receipts import Receipt, SignedReceipt
-from protocol.verdicts import Reason, Result
+from protocol.verdicts import Reason, Result, openings_hash
 from verifier.checks import Finding, check_chain, check_openings, check_replay
-from verifier.openings import NO_OPENINGS, OPENINGS_DOMAIN, Openings
+from verifier.openings import Openings
 from verifier.recompute import BlockLoader, compare_block
 from verifier.tolerance import Thresholds
 
@@ -43,8 +42,8 @@ class Judgement:
 
 
 def evidence_hash(evidence: bytes) -> bytes:
-    """The verdict's openings_hash: digest of the evidence, zeros when there is none."""
-    return digest(OPENINGS_DOMAIN + evidence) if evidence else NO_OPENINGS
+    """The verdict's openings_hash (protocol.verdicts.openings_hash)."""
+    return openings_hash(evidence)
 
 
 def _fail(finding: Finding, evidence: bytes) -> Judgement:

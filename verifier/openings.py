@@ -28,8 +28,7 @@ from protocol.messages import (
     tensor_to_wire,
 )
 from protocol.receipts import SignedReceipt
-
-OPENINGS_DOMAIN = b"COROLLA/openings/v1"
+from protocol.verdicts import NO_OPENINGS, OPENINGS_DOMAIN  # noqa: F401 - re-exported for verifier modules
 
 
 @dataclass
@@ -127,4 +126,3 @@ def openings_hash(blob: bytes) -> bytes:
     return digest(OPENINGS_DOMAIN + blob)
 
 
-NO_OPENINGS = bytes(32)  # openings_hash of a verdict that got no openings (unreachable)

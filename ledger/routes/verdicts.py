@@ -11,7 +11,7 @@ from sqlmodel import col
 from starlette.concurrency import run_in_threadpool
 
 from ledger.audit import verifier_stats
-from ledger.models import Verdict
+from ledger.models import Verdict, VerdictEvidence
 from ledger.routes.deps import ContextDep, KeyPath, SessionDep, SignerDep
 from ledger.schemas import PostedVerdict, VerdictDetail, VerdictPublic, VerifierStats
 from ledger.verdicts import VerdictError, record_verdict
@@ -62,7 +62,8 @@ def get_verdict(verdict_id: KeyPath, session: SessionDep) -> dict:
     v = session.get(Verdict, verdict_id)
     if v is None:
         raise HTTPException(404, "unknown verdict")
-    return {**_public(v), "signed": json.loads(v.body)}
+    stored = session.get(VerdictEvidence, verdict_id)
+    return {**_public(v), "signed": json.loads(v.body), "evidence": stored.evidence if stored else None}
 
 
 @router.get("/v1/verifiers", response_model=list[VerifierStats], summary="Checks and detections per verifier")

@@ -122,3 +122,34 @@ def test_due_queue_offers_unchecked_receipts_with_the_nodes_record(fresh_ledger,
     assert all(d["node"]["receipts"] == 4 and d["node"]["passes"] == 1 for d in due)
     assert due[0]["signed"]["id"] == due[0]["id"] and due[0]["value"] > 0
     assert n.get("/v1/receipts/due", rate=0.0).json() == []
+
+
+def test_verdict_evidence_is_stored_checked_and_returned(fresh_ledger, manifest) -> None:  # type: ignore[no-untyped-def]
+    import base64
+
+    from protocol.verdicts import openings_hash
+
+    ledger = fresh_ledger("sqlite", [])
+    node, client = Identity.generate(), Identity.generate()
+    n, v = ledger.client(node), ledger.client(ledger.verifier)
+    n.post("/v1/manifests", manifest.to_json())
+    receipts = [make_receipt(node, client, manifest, step=i, tokens=4) for i in range(2)]
+    n.post("/v1/receipts", {"receipts": [r.to_json() for r in receipts]})
+    evidence = b"O" + os.urandom(2048)
+
+    def signed(receipt_id: bytes, ev: bytes):  # type: ignore[no-untyped-def]
+        return Verdict(receipt_id=receipt_id, verifier_key=ledger.verifier.public_key, block=1, result=Result.PASS,
+                       reason=Reason.NONE, openings_hash=openings_hash(ev), tolerance=1e-4, measured=1e-7,
+                       timestamp_ms=int(time.time() * 1000)).sign(ledger.verifier)
+
+    good = signed(receipts[0].id, evidence)
+    posted = v.post("/v1/verdicts", {**good.to_json(), "evidence": base64.b64encode(evidence).decode()})
+    assert posted.status_code == 200
+    record = v.get(f"/v1/verdicts/{posted.json()['id']}").json()
+    assert base64.b64decode(record["evidence"]) == evidence
+
+    other = signed(receipts[1].id, evidence)
+    tampered = base64.b64encode(evidence[:-1] + b"x").decode()
+    refused = v.post("/v1/verdicts", {**other.to_json(), "evidence": tampered})
+    assert refused.status_code == 422 and "openings_hash" in refused.text
+    assert v.post("/v1/verdicts", {**other.to_json(), "evidence": "not base64!"}).status_code == 422
