@@ -239,4 +239,13 @@ def main(argv: list[str]) -> int:
     if args.model and not Path(args.model).is_dir():
         print(f"corolla demo: --model {args.model} is not a directory", file=sys.stderr)
         return 2
-    return run(args)
+
+    def stop_on_sigterm(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # unwinds run()'s ExitStack, which stops every child process
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        say("interrupted: stopped every process the demo started")
+        return 130

@@ -40,3 +40,43 @@ def test_demo_help_and_bad_arguments():
     assert "--quick" in run_demo("--help", timeout=60).stdout
     bad = run_demo("--nodes", "0", timeout=60)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_sigterm_stops_every_process_the_demo_started(tmp_path):
+    import os
+    import signal
+    import time
+
+    workdir = tmp_path / "demo"
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "demo", "--no-chain", "--workdir", str(workdir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    try:
+        for line in proc.stdout:  # wait until the nodes are up
+            if "node0 serves blocks" in line:
+                break
+        children = [int(p) for p in os.listdir("/proc") if p.isdigit() and _cmdline(p).count(str(workdir))]
+        assert children, "the demo's services should mention its workdir"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 130
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(pid) for pid in children):
+            time.sleep(0.2)
+        assert not [pid for pid in children if _alive(pid)], "orphaned processes after SIGTERM"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
