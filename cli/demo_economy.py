@@ -144,7 +144,9 @@ def run_verifier(model: Path, ledger_url: str, keys: Keys, peers: list[str], wor
 
 def close_epoch(api: LedgerApi, admin: Path) -> dict[str, Any]:
     epoch = api.post("/v1/epochs/close", {}, admin)
-    say(f"epoch {epoch.get('number')} closed: root {str(epoch.get('root', ''))[:18]}…")
+    root = epoch.get("root")
+    shown = f"root {root[:18]}…" if root else "no EVM-bound accounts, so no balance root"
+    say(f"epoch {epoch.get('number')} closed: {shown}")
     return epoch
 
 

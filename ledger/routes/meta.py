@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, HTTPException, Query
 
 from ledger.audit import timeline
 from ledger.journal import check_invariants
@@ -23,6 +25,18 @@ def ledger_key(ctx: ContextDep) -> LedgerKey:
         flops_per_credit=s.flops_per_credit, grace_period_s=s.grace_period_s, slash_multiple=s.slash_multiple,
         sample_rate=s.sample_rate, epoch_minutes=s.epoch_minutes,
     )
+
+
+@router.get("/v1/chain", summary="The contract deployment this ledger anchors epochs to")
+def chain(ctx: ContextDep) -> dict[str, Any]:
+    path = ctx.settings.chain_addresses_file
+    if not ctx.settings.chain_rpc or not path:
+        raise HTTPException(404, "this ledger has no chain configured")
+    try:
+        deployment: dict[str, Any] = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        raise HTTPException(503, "the ledger's contract addresses file is unreadable") from None
+    return deployment
 
 
 @router.get("/v1/health", summary="Liveness")

@@ -132,6 +132,8 @@ def test_verdict_evidence_is_stored_checked_and_returned(fresh_ledger, manifest)
     ledger = fresh_ledger("sqlite", [])
     node, client = Identity.generate(), Identity.generate()
     n, v = ledger.client(node), ledger.client(ledger.verifier)
+    no_chain = n.get("/v1/chain")  # a ledger without a chain says so
+    assert no_chain.status_code == 404 and "no chain configured" in no_chain.text
     n.post("/v1/manifests", manifest.to_json())
     receipts = [make_receipt(node, client, manifest, step=i, tokens=4) for i in range(2)]
     n.post("/v1/receipts", {"receipts": [r.to_json() for r in receipts]})
