@@ -97,6 +97,18 @@ def _anchor_number(session: Session, settlement: Settlement, number: int) -> Anc
     session.commit()
 
     latest = settlement.latest_epoch()
+    if number > latest:
+        try:
+            tx = settlement.post_root(number, root, total)
+        except ChainError:
+            if settlement.latest_epoch() < number:
+                raise
+            # Another ledger process posted it between our check and our send: record theirs.
+        else:
+            _record(session, number, tx)
+            _log_anchored(number, root, tx, sent=True)
+            return Anchored(number, tx.tx_hash, tx.block, True)
+        latest = settlement.latest_epoch()
     if number <= latest:
         on_chain = settlement.root_of(number)
         if on_chain == bytes(32):
@@ -106,13 +118,15 @@ def _anchor_number(session: Session, settlement: Settlement, number: int) -> Anc
         found = settlement.find_post(number)
         if found is None:
             raise AnchorError(f"epoch {number} is on-chain but its RootPosted log was not found")
-        tx, sent = found, False
-    else:
-        tx, sent = settlement.post_root(number, root, total), True
-    _record(session, number, tx)
+        _record(session, number, found)
+        _log_anchored(number, root, found, sent=False)
+        return Anchored(number, found.tx_hash, found.block, False)
+    raise AnchorError(f"epoch {number} is not on-chain after posting (latest is {latest})")
+
+
+def _log_anchored(number: int, root: bytes, tx: TxResult, sent: bool) -> None:
     log.info("epoch %d anchored: root %s, tx %s, block %d%s", number, "0x" + root.hex(), tx.tx_hash, tx.block,
              "" if sent else " (found on-chain, not re-sent)")
-    return Anchored(number, tx.tx_hash, tx.block, sent)
 
 
 def _record(session: Session, number: int, tx: TxResult) -> None:

@@ -23,7 +23,7 @@ from eth_utils import function_abi_to_4byte_selector, to_checksum_address
 from web3 import Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
-from web3.exceptions import ContractCustomError, ContractLogicError
+from web3.exceptions import ContractCustomError, ContractLogicError, Web3Exception
 
 from protocol.eip712 import SlashRequest, recover_slash_signer
 
@@ -152,8 +152,11 @@ class Chain:
         except ContractLogicError as exc:
             raise ChainError(f"reverted: {exc.message or exc}") from None
         signed = self.account.sign_transaction(cast(Any, tx))
-        tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_timeout_s)
+        try:
+            tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+            receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_timeout_s)
+        except (Web3Exception, ValueError) as exc:  # e.g. nonce taken by a concurrent sender, timeout
+            raise ChainError(f"sending the transaction failed: {exc}") from None
         result = TxResult("0x" + bytes(tx_hash).hex(), int(receipt["blockNumber"]), int(receipt["gasUsed"]))
         if receipt["status"] != 1:
             raise ChainError(f"transaction {result.tx_hash} reverted in block {result.block}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -19,3 +20,6 @@ class LedgerContext:
     identity: Identity
     pool: SignaturePool
     manifests: dict[str, tuple[int, int]] = field(default_factory=dict)  # hash -> (blocks, flops/token)
+    # One anchoring pass at a time per process: the start-up catch-up job and an epoch close
+    # must not both send the same root (the second would revert and leave the row unrecorded).
+    anchor_lock: threading.Lock = field(default_factory=threading.Lock)

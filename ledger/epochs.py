@@ -210,7 +210,7 @@ def anchor(ctx: LedgerContext, number: int) -> None:
         log.warning("chain_rpc is set but ledger.anchoring is not available; epoch %d not anchored", number)
         return
     try:
-        with session_scope(ctx.engine) as session:
+        with ctx.anchor_lock, session_scope(ctx.engine) as session:
             epoch = session.get(Epoch, number)
             if epoch is not None:
                 anchor_epoch(session, epoch, ctx.settings)

@@ -210,3 +210,51 @@ def test_claim_cli_reports_user_mistakes_in_one_line(chain_env: SimpleNamespace,
         r = subprocess.run(base + extra, cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert r.returncode == 2, r.stderr
         assert r.stderr.startswith("corolla claim: ") and r.stderr.strip().count("\n") == 0
+
+
+def test_two_ledger_processes_racing_to_anchor_record_one_post(chain_env: SimpleNamespace, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two anchoring passes at once (two ledger processes on one database) post each root once
+    and both end with the same recorded transaction: the loser records the winner's post."""
+    import threading
+
+    manifest = small_manifest()
+    node = Identity.generate()
+    for var in ("COROLLA_LEDGER_CHAIN_RPC", "COROLLA_LEDGER_CHAIN_KEY_FILE", "COROLLA_LEDGER_CHAIN_ADDRESSES_FILE"):
+        monkeypatch.delenv(var)
+    offline = _ledger(tmp_path, "offline", None).start()
+    try:
+        offline.client().post("/v1/manifests", manifest.to_json())
+        offline.client(node).post("/v1/accounts/bind", make_binding(node, Account.create().key).to_json())
+        _work(offline, node, manifest, 2)
+        number = offline.close_epoch()["number"]
+    finally:
+        offline.kill()
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    settings = SimpleNamespace(chain_rpc=chain_env.chain_rpc, chain_key_file=chain_env.chain_key_file,
+                               chain_addresses_file=chain_env.chain_addresses_file)
+    start = threading.Barrier(2)
+    results: list[object] = []
+
+    def racer() -> None:
+        settlement = settlement_from_settings(settings)
+        start.wait(timeout=30)
+        with Session(engine) as session:
+            try:
+                results.append(anchor_pending_epochs(session, settings, settlement))
+            except Exception as exc:  # noqa: BLE001 - the assertion below reports it
+                results.append(exc)
+
+    threads = [threading.Thread(target=racer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(results) == 2 and all(isinstance(r, list) for r in results), results
+    posts = _posts(chain_env)
+    assert [n for n, _ in posts] == [number]  # posted once
+    anchored = [a for r in results for a in r]  # type: ignore[attr-defined]
+    assert anchored and {a.tx_hash for a in anchored} == {posts[0][1]}  # recorded the real post
+    with Session(engine) as session:
+        epoch = session.get(Epoch, number)
+        assert epoch is not None and epoch.anchor_tx == posts[0][1]
