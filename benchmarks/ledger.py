@@ -143,12 +143,14 @@ def main() -> int:
         finally:
             cluster.stop()
     load = os.getloadavg()[0]
+    from protocol.sodium import BACKEND
+
     print(f"{'figure':<30}{'value':>12}")
     for key, value in out.items():
         print(f"{key:<30}{'n/a' if value is None else f'{value:,.2f}':>12}")
     out["load_average"] = load
     print(f"(receipts: {args.receipts} per database, batches of 100, {args.senders} senders, "
-          f"{args.verify_workers} verify workers; epoch: {args.epoch_receipts} receipts; {os.cpu_count()} cores, "
+          f"{args.verify_workers} verify workers, Ed25519 by {BACKEND}; epoch: {args.epoch_receipts} receipts; {os.cpu_count()} cores, "
           f"load average {load:.1f} — wall-clock rates fall when other work shares the cores)")
     if args.json:
         print(json.dumps(out))

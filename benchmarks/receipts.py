@@ -4,13 +4,16 @@ Two swarms of the same model run side by side in one invocation, each with its o
 2 nodes (1 torch thread per process): "off" nodes have no identity (no hashing, Merkle
 root, signing, outbox); "on" nodes sign every step and the client verifies, counter-signs
 and acknowledges each receipt. Measurements alternate between the swarms so both see the
-same machine load. Hashing and signing costs per MB and per receipt come from
-benchmarks/receipts_hashing.py in the same run.
+same machine load: each round times both back to back (off first in even rounds, on first
+in odd ones), and the overheads are the medians of the per-round on/off ratios, so a load
+change from other processes between rounds cancels out. Hashing and signing costs per MB
+and per receipt come from benchmarks/receipts_hashing.py in the same run.
 
     .venv/bin/python benchmarks/receipts.py [--layers 8 --hidden 512 --tokens 64] [--json]
 
 With --json the last line is one JSON object with overhead_fraction (inference, on vs off)
-and forward_overhead_fraction.
+and forward_overhead_fraction (medians of per-round ratios), and the same from the medians
+of each swarm's timings (`*_of_medians`).
 """
 
 from __future__ import annotations
@@ -106,22 +109,28 @@ def main(argv: list[str]) -> int:
         fwd = {"on": [], "off": []}
         with torch.no_grad():
             on(batch), off(batch)
-            for _ in range(args.rounds):
-                for name, client in (("off", off), ("on", on)):
+            for r in range(args.rounds):
+                pair = (("off", off), ("on", on)) if r % 2 == 0 else (("on", on), ("off", off))
+                for name, client in pair:
                     gen[name].append(timed(lambda c=client: c.generate(ids, **kw)) / args.tokens)
+                for name, client in pair:
                     fwd[name].append(timed(lambda c=client: c(batch)))
         receipts_held = len(on.swarm.receipts.receipts)
 
     ms_off, ms_on = statistics.median(gen["off"]) * 1e3, statistics.median(gen["on"]) * 1e3
     fwd_off, fwd_on = statistics.median(fwd["off"]), statistics.median(fwd["on"])
+    gen_ratio = statistics.median(on / off for on, off in zip(gen["on"], gen["off"], strict=True))
+    fwd_ratio = statistics.median(on / off for on, off in zip(fwd["on"], fwd["off"], strict=True))
     tokens = args.batch * args.seq
     hashing = hashing_figures()
     result = {
         "model": f"llama {args.layers}x{args.hidden}", "hops": 2,
         "latency_ms_per_token_off": round(ms_off, 3), "latency_ms_per_token_on": round(ms_on, 3),
-        "overhead_fraction": round(ms_on / ms_off - 1, 4),
+        "overhead_fraction": round(gen_ratio - 1, 4),
+        "overhead_fraction_of_medians": round(ms_on / ms_off - 1, 4),
         "forward_tokens_per_s_off": round(tokens / fwd_off, 1), "forward_tokens_per_s_on": round(tokens / fwd_on, 1),
-        "forward_overhead_fraction": round(fwd_on / fwd_off - 1, 4),
+        "forward_overhead_fraction": round(fwd_ratio - 1, 4),
+        "forward_overhead_fraction_of_medians": round(fwd_on / fwd_off - 1, 4),
         "receipts_checked_by_client": receipts_held, "outputs_identical": same,
         "blake3_mb_per_s": round(hashing["blake3_mb_per_s"], 1),
         "sha256_mb_per_s": round(hashing["sha256_mb_per_s"], 1),
@@ -133,6 +142,7 @@ def main(argv: list[str]) -> int:
     print(f"{'generation (ms/token)':32} {ms_off:>12.2f} {ms_on:>12.2f} {result['overhead_fraction']:>9.1%}")
     print(f"{f'forward {args.batch}x{args.seq} (tokens/s)':32} {tokens / fwd_off:>12.0f} {tokens / fwd_on:>12.0f} "
           f"{result['forward_overhead_fraction']:>9.1%}")
+    print(f"(overhead = median over {args.rounds} rounds of on/off, each round timing both back to back)")
     print(f"hashing: blake3 {result['blake3_mb_per_s']:.0f} MB/s, sha256 {result['sha256_mb_per_s']:.0f} MB/s; "
           f"Ed25519 sign {result['sign_us_per_receipt']} µs, verify {result['verify_us_per_receipt']} µs per receipt")
     print(f"client verified and counter-signed {receipts_held} receipts; outputs identical: {same}")

@@ -5,7 +5,9 @@ each is challenged once at a random block (chains of two nodes, the cheater firs
 second); the detection rate is the share judged FAIL. A node that cheats on every receipt
 and is sampled at rate s is caught after 1 / (s × rate) receipts on average. The honest
 node's FAIL share is the false-positive rate. Cost: verifier CPU seconds per challenged
-receipt over the node's CPU seconds per receipt, times the sampling rate (5 %).
+receipt over the node's CPU seconds per receipt, times the sampling rate (5 %). Decode
+steps are costed per way of recomputing their prefix (`inference_figures`), and nodes
+announcing bfloat16 are scored apart (`bfloat16_claims`: int8 there is a known limit).
 
     .venv/bin/python benchmarks/verifier.py [--challenges 40] [--honest 300] [--json]
 """
@@ -96,33 +98,158 @@ def inference_cost(
     loader: BlockLoader,
     th: Thresholds,
     hidden: int,
+    *,
+    sessions: int = 4,
     prompt: int = 32,
     steps: int = 16,
-) -> float:
-    """Verifier CPU per challenged decode step over node CPU per step (before sampling).
+    rate: float = 1.0,
+    rng: random.Random | None = None,
+) -> tuple[float, int]:
+    """Verifier CPU over node CPU for decode steps: (ratio, checks).
 
-    The node runs one new position against its cache; the verifier recomputes the block
-    over the whole prefix, so this ratio grows with the prefix length.
+    Each session is a prompt of `prompt` positions then `steps` one-position steps; each
+    step is challenged with probability `rate` at a random block of the span. The node's
+    time is its `call` (one position against its cache, every block of its span); the
+    verifier's is the node's `open` plus `judge_openings` (commitment checks and one block
+    recomputed over the opened prefix), as for forward receipts in `challenge`; the
+    client's counter-signature happens for every receipt and is not counted. rate=1
+    gives the cost of one challenged step (x 0.05: the cost at 5 % when every check finds
+    the keys/values an earlier check of its session left); a rate below 1 samples steps
+    as the service does, so held keys/values are reused only as often as they would be.
     """
     from protocol.receipts import Kind
 
-    session, node_s, verify_s = os.urandom(16), 0.0, 0.0
-    node.call(client.identity, torch.randn(1, prompt, hidden) * 0.02, kind=Kind.INFERENCE, session_id=session)
-    for step in range(1, steps + 1):
+    rng = rng or random.Random(0)
+    node_s, verify_s, checks = 0.0, 0.0, 0
+    for _ in range(sessions):
+        session = os.urandom(16)
         t0 = time.process_time()
         d = node.call(
-            client.identity,
-            torch.randn(1, 1, hidden) * 0.02,
-            kind=Kind.INFERENCE,
-            session_id=session,
-            step=step,
+            client.identity, torch.randn(1, prompt, hidden) * 0.02, kind=Kind.INFERENCE, session_id=session
         )
-        t1 = time.process_time()
-        signed = client.receive(d)
-        block = node.start + step % (node.end - node.start)
-        judge_openings(signed.receipt, node.open(signed.id, block), loader, th)
-        node_s, verify_s = node_s + (t1 - t0), verify_s + (time.process_time() - t1)
-    return verify_s / node_s
+        node_s += time.process_time() - t0
+        for step in range(1, steps + 1):
+            x = torch.randn(1, 1, hidden) * 0.02
+            t0 = time.process_time()
+            d = node.call(client.identity, x, kind=Kind.INFERENCE, session_id=session, step=step)
+            node_s += time.process_time() - t0
+            if rng.random() >= rate:
+                continue
+            signed = client.receive(d)
+            t1 = time.process_time()
+            openings = node.open(signed.id, rng.randrange(node.start, node.end))
+            judge_openings(signed.receipt, openings, loader, th)
+            verify_s, checks = verify_s + (time.process_time() - t1), checks + 1
+    return (verify_s / node_s if node_s else 0.0), checks
+
+
+def bfloat16_claims(
+    model: Path,
+    args: argparse.Namespace,
+    client: Client,
+    loader: BlockLoader,
+    th: Thresholds,
+    rng: random.Random,
+) -> dict[str, float]:
+    """FAIL share of nodes announcing bfloat16: quantized cheaters, and the honest bf16 node
+    (its false-positive rate). Both hops compute in bfloat16 so the chain hashes match."""
+    if args.bf16_challenges <= 0:
+        return {}
+    half = args.layers // 2
+    nxt = HonestNode(model, half, args.layers, dtype=torch.bfloat16)
+    nodes = {
+        "int8": QuantizedNode(model, 0, half, quantize="int8", dtype=torch.bfloat16),
+        "nf4": QuantizedNode(model, 0, half, quantize="nf4", dtype=torch.bfloat16),
+        "honest": HonestNode(model, 0, half, dtype=torch.bfloat16),
+    }
+    return {
+        name: sum(
+            challenge(node, nxt, client, loader, th, [], rng, args.hidden)[0]
+            for _ in range(args.bf16_challenges)
+        )
+        / args.bf16_challenges
+        for name, node in nodes.items()
+    }
+
+
+def _load(loader: BlockLoader, node: HonestNode) -> None:
+    """Load the node's blocks into the verifier's loader before anything is timed."""
+    for block in range(node.start, node.end):
+        loader.block(block)
+
+
+def inference_figures(
+    model: Path, client: Client, th: Thresholds, args: argparse.Namespace, rng: random.Random
+) -> dict[str, tuple[float, int, str]]:
+    """Decode-step cost, name -> (verifier / node CPU, checks, label), per way of recomputing.
+
+    "held" (the service's way, reported as cost_fraction_inference): every step
+    challenged, prefix keys/values kept between checks of a session; "per_check": the
+    same with nothing kept (each check pays for its prefix's keys/values); "full_prefix":
+    the whole block over the whole prefix (the reference before keys/values-only); these
+    three x 0.05 are the cost at 5 % sampling. "sampled" ("sampled_full_prefix"): 5 % of
+    the steps of 64-step sessions challenged at random (the same ones both ways), verifier
+    CPU over all the node's CPU: the cost fraction itself.
+    """
+    if args.inference_sessions <= 0:
+        return {}
+    decoder = HonestNode(model, 0, args.layers // 2)
+    ways = {
+        "held": (
+            BlockLoader(model, capacity=args.layers),
+            "keys/values of the prefix only, held across checks",
+        ),
+        "per_check": (
+            BlockLoader(model, capacity=args.layers, prefix_capacity=0),
+            "keys/values of the prefix only, nothing held",
+        ),
+        "full_prefix": (
+            BlockLoader(model, capacity=args.layers, cheap_prefix=False),
+            "whole block over the whole prefix (before)",
+        ),
+    }
+    out = {}
+    for name, (loader, label) in ways.items():
+        _load(loader, decoder)
+        ratio, checks = inference_cost(
+            decoder,
+            client,
+            loader,
+            th,
+            args.hidden,
+            sessions=args.inference_sessions,
+            prompt=args.prompt,
+            rng=rng,
+        )
+        out[name] = (ratio, checks, "every step challenged, " + label)
+    if args.sampled_sessions > 0:
+        sampled = {
+            "sampled": (BlockLoader(model, capacity=args.layers), "held"),
+            "sampled_full_prefix": (
+                BlockLoader(model, capacity=args.layers, cheap_prefix=False),
+                "whole block over the whole prefix (before)",
+            ),
+        }
+        for name, (loader, label) in sampled.items():
+            _load(loader, decoder)
+            ratio, checks = inference_cost(
+                decoder,
+                client,
+                loader,
+                th,
+                args.hidden,
+                sessions=args.sampled_sessions,
+                prompt=args.prompt,
+                steps=64,
+                rate=0.05,
+                rng=random.Random(args.seed + 1),  # both ways check the same steps and blocks
+            )
+            out[name] = (
+                ratio,
+                checks,
+                f"5 % of the steps of {args.sampled_sessions} 64-step sessions, {label}",
+            )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +259,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=4, help="blocks of the benchmark model")
     p.add_argument("--hidden", type=int, default=128, help="hidden size of the benchmark model")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    p.add_argument(
+        "--inference-sessions",
+        type=int,
+        default=4,
+        help="decode sessions (16 steps each, all challenged) per variant",
+    )
+    p.add_argument(
+        "--sampled-sessions",
+        type=int,
+        default=16,
+        help="decode sessions of 64 steps challenged at 5 %% (0: skip)",
+    )
+    p.add_argument("--prompt", type=int, default=32, help="prompt positions of each decode session")
+    p.add_argument(
+        "--bf16-challenges",
+        type=int,
+        default=40,
+        help="challenged receipts of int8, nf4 and honest nodes announcing bfloat16 (0: skip)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object last")
     args = p.parse_args(argv)
     import logging
@@ -157,13 +303,12 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(args.challenges)
             )
             detection[name] = caught / args.challenges
+        bf16 = bfloat16_claims(model, args, client, loader, th, rng)
         seen, fails, node_s, verify_s = [], 0, 0.0, 0.0
         for _ in range(args.honest):
             failed, ns, vs = challenge(honest, nxt, client, loader, th, seen, rng, args.hidden)
             fails, node_s, verify_s = fails + failed, node_s + ns, verify_s + vs
-        inference_ratio = inference_cost(
-            HonestNode(model, 0, args.layers // 2), client, loader, th, args.hidden
-        )
+        inference = inference_figures(model, client, th, args, rng)
     fp_rate = fails / args.honest
     cost_fraction = 0.05 * verify_s / node_s
     print(
@@ -178,22 +323,38 @@ def main(argv: list[str] | None = None) -> int:
         cells = " ".join(f"{(1 / (r * rate) if rate else float('inf')):16.1f}" for r in RATES)
         print(f"{name:18} {rate:16.3f} {cells}")
     print(f"honest: {fails} false failures in {args.honest} checks (rate {fp_rate:.4f})")
+    if bf16:
+        print(
+            f"announcing bfloat16 ({args.bf16_challenges} receipts each; known limit: int8 is within bf16 rounding): "
+            + ", ".join(f"{name} {rate:.3f}" for name, rate in bf16.items())
+        )
     print(
         f"cost: verifier {verify_s / args.honest * 1e3:.2f} ms CPU per check, node {node_s / args.honest * 1e3:.2f} ms "
         f"CPU per receipt -> {cost_fraction:.4f} of audited compute at 5 % sampling (forward receipts)"
     )
+    last = args.prompt + 16
     print(
-        f"inference: a challenged decode step (prefix 33-48) costs the verifier {inference_ratio:.2f}x the node's "
-        f"step (the node decodes against its cache, the verifier recomputes the prefix) -> {0.05 * inference_ratio:.4f} at 5 %"
+        f"inference (decode steps after a {args.prompt}-position prompt, prefix {args.prompt + 1}-{last}): "
+        "verifier / node CPU"
     )
+    for name, (ratio, checks, label) in inference.items():
+        scaled = ratio if name.startswith("sampled") else 0.05 * ratio
+        print(f"  {label:66} {ratio:6.3f} ({checks} checks) -> {scaled:.4f} at 5 %")
     if args.json:
         print(
             json.dumps(
                 {
                     "detection_rate": detection,
+                    "detection_rate_claiming_bfloat16": {k: v for k, v in bf16.items() if k != "honest"},
+                    "false_positive_rate_bfloat16": bf16.get("honest"),
                     "false_positive_rate": fp_rate,
                     "cost_fraction": cost_fraction,
-                    "cost_fraction_inference": 0.05 * inference_ratio,
+                    **{
+                        "cost_fraction_inference" + ("" if name == "held" else "_" + name): (
+                            ratio if name.startswith("sampled") else 0.05 * ratio
+                        )
+                        for name, (ratio, _, _) in inference.items()
+                    },
                     "expected_receipts_to_detection": {
                         n: {str(r): (1 / (r * d) if d else None) for r in RATES} for n, d in detection.items()
                     },

@@ -5,11 +5,20 @@ it sent (`SpanSession.history`). When a node fails, it is banned, a new chain co
 the same blocks is opened and the stored inputs are replayed through it before the
 current step continues, so the replacement's cache is exactly what the failed node's was
 (correct by construction: nothing is recomputed from outputs we did not keep).
+
+With an identity, each step's receipts are verified and counter-signed on the receipt
+book's checker thread while the next hops and steps compute. Before a node gets its next
+step, the receipts of its earlier steps must have passed (they normally have by then), and
+their counter-signatures travel in the same write as that step; a node whose receipt
+failed is treated as failed there, one step late, like any other failure. `close()` (the
+end of `generate`) waits for every receipt still being checked, sends the last
+counter-signatures with `close` and bans a node whose last receipt failed.
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
 from typing import Any
 
 import torch
@@ -18,6 +27,8 @@ from client.receipt_book import request_ref_for_step
 from client.remote_calls import CallResult, NodeFailure, SpanSession, new_session_id
 from client.swarm_context import SwarmContext
 from protocol.receipts import Kind, SignedReceipt
+
+PendingReceipt = Future[SignedReceipt]  # a receipt on the receipt book's checker thread
 
 logger = logging.getLogger("corolla.client")
 
@@ -105,18 +116,19 @@ class InferenceSession:
         return x
 
     async def _run_span(self, span: SpanSession, x: torch.Tensor, timeout: float,
-                        previous: SignedReceipt | None) -> tuple[CallResult, SignedReceipt | None]:
-        """One step on one node; with an identity, verify, counter-sign and queue the ack."""
+                        previous: PendingReceipt | None) -> tuple[CallResult, PendingReceipt | None]:
+        """One step on one node, once its earlier receipts passed; with an identity, its receipt
+        goes to the checker thread (chained to `previous`, the hop before in this step)."""
+        await span.settle_receipts()
         result = await span.step(x, self.steps, timeout)
         self.swarm.observe(span.meta, result.response)
         book = self.swarm.receipts
         if book is None:
             return result, None
-        signed = book.verify(span.ann, span.meta, Kind.INFERENCE, self.steps,
-                             request_ref_for_step(self.session_id, self.steps), result, previous)
-        assert signed.client_signature is not None
-        span.pending_acks.append([signed.id, signed.client_signature])
-        return result, signed
+        pending = book.submit(span.ann, span.meta, Kind.INFERENCE, self.steps,
+                              request_ref_for_step(self.session_id, self.steps), result, previous)
+        span.unchecked.append(pending)
+        return result, pending
 
     def _timeout(self, span: SpanSession, new_positions: int) -> float:
         if span.step_time_s == 0.0 or new_positions > 1:
@@ -143,7 +155,12 @@ class InferenceSession:
                 await self._close_all(spans)
         raise NodeFailure("?", f"could not open a chain for blocks {start}:{end} in {self.swarm.max_attempts} tries")
 
-    @staticmethod
-    async def _close_all(spans: list[SpanSession]) -> None:
+    async def _close_all(self, spans: list[SpanSession]) -> None:
+        """Close after the spans' receipts are checked: their acks go with `close`; a node whose
+        receipt failed is banned (its outputs were delivered already, nothing to redo)."""
         for span in spans:
+            try:
+                await span.settle_receipts()
+            except NodeFailure as failure:
+                self.swarm.fail(failure)
             await span.close()

@@ -6,12 +6,17 @@ exactly the bytes the client sent and received, and chains with the previous nod
 receipt (its output hash is this receipt's input hash). Anything else is a faulty node:
 `NodeFailure`, so the caller bans it and re-routes. Accepted receipts are counter-signed
 (delivery acknowledged) and kept in `receipts`: the client's evidence of what it got.
+
+`verify` checks at once; `submit` checks on the book's one checker thread, in submission
+order, so an inference step hands its output on while the receipt is checked (the
+session waits for the verdict before the node's next step: see client/inference_session.py).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from client.remote_calls import CallResult, NodeFailure
@@ -38,6 +43,8 @@ class ReceiptBook:
     identity: Identity
     receipts: list[SignedReceipt] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _checker: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="corolla-receipts"))
 
     @classmethod
     def from_key_file(cls, path: str) -> ReceiptBook:
@@ -82,6 +89,21 @@ class ReceiptBook:
         with self._lock:
             self.receipts.append(countersigned)
         return countersigned
+
+    def submit(self, ann: NodeAnnouncement, meta: RequestMeta, kind: Kind, step: int, request_ref: bytes,
+               result: CallResult, previous: Future[SignedReceipt] | SignedReceipt | None) -> Future[SignedReceipt]:
+        """`verify` in the background: a future of the counter-signed receipt, or of NodeFailure.
+
+        `previous` may itself be a submitted receipt: it was submitted earlier, so the checker
+        thread has settled it by then (the chain is not checked against a rejected receipt).
+        """
+        return self._checker.submit(self._verify_chained, ann, meta, kind, step, request_ref, result, previous)
+
+    def _verify_chained(self, ann: NodeAnnouncement, meta: RequestMeta, kind: Kind, step: int, request_ref: bytes,
+                        result: CallResult, previous: Future[SignedReceipt] | SignedReceipt | None) -> SignedReceipt:
+        if isinstance(previous, Future):
+            previous = previous.result() if previous.done() and previous.exception() is None else None
+        return self.verify(ann, meta, kind, step, request_ref, result, previous)
 
     @staticmethod
     def _fault(ann: NodeAnnouncement, problem: str) -> NodeFailure:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from protocol.messages import (
     RequestMeta,
     ResponseMeta,
     WireError,
+    encode_frame,
     raise_if_error,
     read_frame,
     tensor_from_wire,
@@ -106,7 +108,8 @@ class SpanSession:
     history: list[torch.Tensor] = field(default_factory=list)  # inputs sent, for replay elsewhere
     position: int = 0
     step_time_s: float = 0.0
-    pending_acks: list[list[bytes]] = field(default_factory=list)  # counter-signatures to piggy-back
+    unchecked: list[Future[Any]] = field(default_factory=list)  # receipts being verified, oldest first
+    pending_acks: list[list[bytes]] = field(default_factory=list)  # counter-signatures for the next frame
     _reader: asyncio.StreamReader | None = None
     _writer: asyncio.StreamWriter | None = None
 
@@ -126,8 +129,8 @@ class SpanSession:
 
         async def _roundtrip() -> Frame:
             assert self._reader is not None and self._writer is not None
-            await self._flush_acks()
-            await write_frame(self._writer, Frame("step", {"step": step, **(extra or {})}, [wire]))
+            step_frame = Frame("step", {"step": step, **(extra or {})}, [wire])
+            await _write_frames(self._writer, [*self._ack_frames(), step_frame])  # acks ride along
             return await read_frame(self._reader)
 
         reply = _check_reply(self.ann, await _guarded(self.ann, _roundtrip(), timeout))
@@ -138,20 +141,34 @@ class SpanSession:
         return CallResult(tensor_from_wire(reply.tensors[0]), ResponseMeta.from_meta(reply.meta), wire,
                           reply.tensors[0], elapsed)
 
-    async def _flush_acks(self) -> None:
-        if self.pending_acks and self._writer is not None:
-            acks, self.pending_acks = self.pending_acks, []
-            await write_frame(self._writer, Frame("ack", {"acks": acks}))
+    async def settle_receipts(self) -> None:
+        """Wait until the receipts of earlier steps are verified (normally they are by now) and
+        queue their counter-signatures for the next frame; then raise the first failure
+        (NodeFailure for an invalid receipt)."""
+        failure = None
+        while self.unchecked:
+            pending = self.unchecked.pop(0)
+            try:
+                signed = pending.result() if pending.done() else await asyncio.wrap_future(pending)
+            except Exception as exc:
+                failure = failure or exc
+                continue
+            self.pending_acks.append([signed.id, signed.client_signature])
+        if failure is not None:
+            raise failure
+
+    def _ack_frames(self) -> list[Frame]:
+        if not self.pending_acks:
+            return []
+        acks, self.pending_acks = self.pending_acks, []
+        return [Frame("ack", {"acks": acks})]
 
     async def close(self) -> None:
         if self._writer is None:
             return
         writer, self._writer, self._reader = self._writer, None, None
         try:
-            if self.pending_acks:
-                acks, self.pending_acks = self.pending_acks, []
-                await asyncio.wait_for(write_frame(writer, Frame("ack", {"acks": acks})), 1.0)
-            await asyncio.wait_for(write_frame(writer, Frame("close")), 1.0)
+            await asyncio.wait_for(_write_frames(writer, [*self._ack_frames(), Frame("close")]), 1.0)
         except Exception:
             pass
         writer.close()
@@ -162,6 +179,18 @@ class SpanSession:
         if positions == 0 or not self.history:
             return None
         return torch.cat(self.history, dim=1)[:, :positions]
+
+
+async def _write_frames(writer: asyncio.StreamWriter, frames: list[Frame]) -> None:
+    """Frames back to back, in one write (one p2pd message) when they are small: a step's
+    frame carries the acks of the steps before it at no extra cost."""
+    chunks = [chunk for frame in frames for chunk in encode_frame(frame)]
+    if sum(len(c) for c in chunks) <= 1 << 16:
+        writer.write(b"".join(chunks))
+    else:
+        for chunk in chunks:
+            writer.write(chunk)
+    await writer.drain()
 
 
 async def send_acks(conn: SwarmConnection, ann: NodeAnnouncement, acks: list[list[bytes]]) -> None:

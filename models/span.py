@@ -8,6 +8,7 @@ full `transformers` model (see tests/models/).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,18 +154,37 @@ class BlockSpan:
         attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor | None,
     ) -> SpanOutput:
+        outputs = []
+        last = hidden
+        for last in self.iter_blocks(hidden, cache, attention_mask, position_ids):
+            if block_outputs:
+                outputs.append(last)
+        return (last, outputs) if block_outputs else last
+
+    def iter_blocks(
+        self,
+        hidden: torch.Tensor,
+        cache: SpanCache | None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """The span's layers one at a time: yields each block's output as it is computed.
+
+        The one implementation of running the span (`forward`/`step` consume it whole; the
+        node's scheduler runs it block by block so that urgent work can cut in between,
+        node/block_steps.py). Each `next()` runs in the caller's grad mode. With a cache, the
+        caller commits the step.
+        """
+        hidden = self._check_hidden(hidden)
         past = cache.length if cache is not None else 0
         self._check_padding(hidden, past, attention_mask, position_ids)
         windows = [self.arch.sliding_window(i) for i in range(self.start, self.end)]
         inputs = self.arch.layer_inputs(
             self._position_module, hidden, past, set(windows), attention_mask, position_ids
         )
-        outputs = []
         for layer, window in zip(self.layers, windows, strict=True):
             hidden = self.arch.call_layer(layer, hidden, inputs, window, cache)
-            if block_outputs:
-                outputs.append(hidden)
-        return (hidden, outputs) if block_outputs else hidden
+            yield hidden
 
     def forward(
         self,

@@ -69,7 +69,8 @@ class SpanCache:
         self.length = length
 
     def update(
-        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, cache_kwargs: Any = None
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, cache_kwargs: Any = None,
+        **kwargs: Any,  # transformers >= 5.2x passes the layer's kwargs too
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Called by a layer: store its new keys/values [B, H, T, D], return all so far."""
         local = layer_idx - self.start

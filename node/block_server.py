@@ -3,7 +3,9 @@
 Each handler validates its request (model, span, shapes, dtypes, sizes, session length)
 and answers with a `result` frame or an `error` frame that says what was wrong; a bad
 request never takes the node down. Compute goes through the TaskQueue (one worker
-thread); the event loop only moves bytes. Frame formats: protocol/messages.py.
+thread), forwards and inference steps one block at a time (node/block_steps.py) so a
+more urgent task can run between blocks; the event loop only moves bytes. Frame formats:
+protocol/messages.py.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from node.block_steps import forward_blocks, step_blocks
 from node.cache_budget import CacheBudget
 from node.task_queue import TaskInfo, TaskQueue
 from node.ticket_check import FREE, TicketDecision
@@ -160,11 +164,16 @@ class BlockServer:
         await self._reply(writer, out, receipt, started, decision)
 
     def _compute_forward(self, meta: RequestMeta, frame: Frame, hidden: torch.Tensor,
-                         decision: TicketDecision) -> tuple[torch.Tensor, Any]:
-        with torch.inference_mode():
-            if self.receipts is None:
-                return self.span.forward(hidden), None
-            out, per_block = self.span.forward(hidden, block_outputs=True)
+                         decision: TicketDecision) -> Generator[None, None, tuple[torch.Tensor, Any]]:
+        """A task in steps (node/task_queue.py): one block per step, so the pool can run a more
+        urgent task between blocks; then the receipt."""
+        per_block: list[torch.Tensor] = []
+        for out in forward_blocks(self.span, hidden):
+            if self.receipts is not None:
+                per_block.append(out)
+            yield
+        if self.receipts is None:
+            return out, None
         return out, self.receipts.sign_call("forward", meta, frame.tensors[0], out, per_block, hidden, decision)
 
     async def _backward(self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -258,9 +267,13 @@ class BlockServer:
             await self._reply(writer, out, receipt, started, decision)
 
     def _compute_step(self, frame: Frame, hidden: torch.Tensor, cache: Any, state: Any, step: int,
-                      decision: TicketDecision) -> tuple[torch.Tensor, Any]:
-        with torch.inference_mode():
-            if state is None:
-                return self.span.step(hidden, cache), None
-            out, per_block = self.span.step(hidden, cache, block_outputs=True)
+                      decision: TicketDecision) -> Generator[None, None, tuple[torch.Tensor, Any]]:
+        """A task in steps, one block per step (as _compute_forward); then the receipt."""
+        per_block: list[torch.Tensor] = []
+        for out in step_blocks(self.span, hidden, cache):
+            if state is not None:
+                per_block.append(out)
+            yield
+        if state is None:
+            return out, None
         return out, self.receipts.sign_step(state, frame, hidden, out, per_block, step, decision)

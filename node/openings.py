@@ -106,6 +106,12 @@ class RetentionStore:
         with torch.inference_mode():
             inputs = torch.cat([s.hidden if rel == 0 else s.per_block[rel - 1] for s in steps], dim=1)
         step = steps[-1]
+        # All leaves (32 bytes a block) let the verifier check every block of the span a little
+        # (a skipped block shows as two equal leaves); input_proof ties the input rows to the
+        # previous block's committed output.
         meta = {"receipt": entry.signed.to_bytes(), "block": block, "leaf_index": rel,
-                "num_leaves": len(step.leaves), "proof": block_proof(step.leaves, rel)}
+                "num_leaves": len(step.leaves), "proof": block_proof(step.leaves, rel),
+                "leaves": list(step.leaves)}
+        if rel > 0:
+            meta["input_proof"] = block_proof(step.leaves, rel - 1)
         return Frame("openings", meta, [tensor_to_wire(inputs), tensor_to_wire(step.per_block[rel])])

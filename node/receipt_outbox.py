@@ -11,19 +11,29 @@ ack; the ledger still gets the node-signed receipt). If an ack arrives after the
 shipped, the row is queued once more so the ledger can upgrade it (the ledger treats it as
 a duplicate carrying an ack). Receipt id = digest of the encoding, so re-appending and
 re-shipping are idempotent.
+
+`OutboxWriter` is the node's hot-path front: `append`/`attach` only queue, and one thread
+checks the acks and stores whatever was queued meanwhile in one transaction (group commit),
+in queue order, so a receipt is always stored before an ack for it. `flush()` says when
+everything queued so far is durable; the node waits for it before it answers an `ack` RPC
+(see node/receipt_signing.py).
 """
 
 from __future__ import annotations
 
+import logging
+import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from protocol.identity import SIGNATURE_SIZE
-from protocol.receipts import SignedReceipt
+from protocol.identity import SIGNATURE_SIZE, verify_signature
+from protocol.receipts import SignedReceipt, ack_message
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -45,6 +55,8 @@ CREATE TABLE IF NOT EXISTS receipts (
 );
 CREATE INDEX IF NOT EXISTS receipts_unshipped ON receipts (shipped_ms, created_ms);
 """
+
+logger = logging.getLogger("corolla.node")
 
 _COLUMNS = ("id, signed, client_signature, created_ms, shipped_ms, status, reason, attempts")
 
@@ -129,11 +141,12 @@ class ReceiptOutbox:
         """Store `signed` durably; True if new. Re-appending is a no-op except to add an ack."""
         return self.append_many([signed]) == 1
 
-    def append_many(self, receipts: Iterable[SignedReceipt]) -> int:
-        """Store several receipts in one durable transaction; returns how many were new."""
+    def append_many(self, receipts: Iterable[SignedReceipt], acks: Iterable[tuple[bytes, bytes]] = ()) -> int:
+        """Store several receipts, then attach verified client signatures `acks` [(receipt id,
+        signature)], in one durable transaction; returns how many receipts were new."""
         now = _now_ms()
         rows = []
-        acks = []
+        acks = list(acks)
         for s in receipts:
             r = s.receipt
             rows.append((s.id, r.encode() + s.node_signature, s.client_signature, int(r.kind), r.block_start,
@@ -271,6 +284,130 @@ class ReceiptOutbox:
                 " COALESCE(SUM(status = 'duplicate' AND shipped_ms IS NOT NULL), 0),"
                 " COALESCE(SUM(status = 'rejected' AND shipped_ms IS NOT NULL), 0) FROM receipts").fetchone()
         return OutboxCounts(*(int(x) for x in row))
+
+
+class OutboxWriter:
+    """Group commit in front of a ReceiptOutbox, for a node's hot path: queue now, store soon.
+
+    `append` queues a signed receipt; `attach` queues a client counter-signature, which is
+    checked here (against the client key of its receipt: `client_key_for(id)`, else the
+    receipt queued or stored) and stored only if it verifies. One thread stores everything
+    in queue order, a batch per transaction. A batch starts `linger_s` after a receipt or a
+    `flush()` is queued: long enough for the reply that carries that receipt to leave first,
+    and to gather what came meanwhile. Acks alone wait up to `ack_wait_s` for the next
+    receipt (a session's acks ride with its next step: they are then checked and stored
+    with that step's receipt, once its reply is out, instead of during its compute).
+
+    A batch that fails to commit is logged and retried until `close`.
+    """
+
+    def __init__(self, outbox: ReceiptOutbox, client_key_for: Callable[[bytes], bytes | None] = lambda rid: None,
+                 *, linger_s: float = 0.002, ack_wait_s: float = 0.05, max_batch: int = 1024):
+        self.outbox = outbox
+        self.client_key_for = client_key_for
+        self.linger_s, self.ack_wait_s, self.max_batch = linger_s, ack_wait_s, max_batch
+        self.unknown_acks = 0  # acks for receipts this node does not have
+        self.bad_acks = 0  # acks whose signature does not verify
+        self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="corolla-outbox", daemon=True)
+        self._thread.start()
+
+    def append(self, signed: SignedReceipt) -> None:
+        """Queue a signed receipt."""
+        self._queue.put(("receipt", signed))
+
+    def attach(self, receipt_id: bytes, signature: bytes) -> None:
+        """Queue a client counter-signature (checked before it is stored, after its receipt)."""
+        self._queue.put(("ack", (bytes(receipt_id), bytes(signature))))
+
+    def flush(self) -> Future[None]:
+        """A future that resolves once everything queued before this call is stored (durable)."""
+        done: Future[None] = Future()
+        self._queue.put(("flush", done))
+        return done
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Store everything queued, then stop the thread (the outbox stays open)."""
+        if self._thread.is_alive():
+            self._closing.set()
+            self._queue.put(("stop", None))
+            self._thread.join(timeout)
+
+    # ----- the writer thread --------------------------------------------------------------
+
+    def _next_batch(self) -> list[tuple[str, Any]]:
+        batch = [self._queue.get()]
+        deadline = time.monotonic() + self.ack_wait_s
+        while batch[-1][0] == "ack":  # acks alone: wait for a receipt, a flush or the deadline
+            try:
+                batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+        if batch[-1][0] != "stop" and self.linger_s > 0:
+            time.sleep(self.linger_s)
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch = self._next_batch()
+            receipts: dict[bytes, SignedReceipt] = {}
+            acks: list[tuple[bytes, bytes]] = []
+            waiters: list[Future[None]] = []
+            for kind, value in batch:
+                if kind == "receipt":
+                    receipts[value.id] = value
+                elif kind == "ack":
+                    acks.append(value)
+                elif kind == "flush":
+                    waiters.append(value)
+                else:
+                    stop = True
+            try:
+                checked = [(rid, sig) for rid, sig in acks if self._ack_verifies(rid, sig, receipts)]
+            except Exception:
+                logger.exception("checking %d client acks failed; dropping them", len(acks))
+                checked = []
+            stored = self._store(list(receipts.values()), checked)
+            for waiter in waiters:
+                if stored:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(RuntimeError("the receipt outbox writer closed before storing"))
+
+    def _ack_verifies(self, receipt_id: bytes, signature: bytes, batch: dict[bytes, SignedReceipt]) -> bool:
+        key = batch[receipt_id].receipt.client_key if receipt_id in batch else self.client_key_for(receipt_id)
+        if key is None:
+            stored = self.outbox.get(receipt_id)
+            key = stored.receipt.receipt.client_key if stored is not None else None
+        if key is None:
+            self.unknown_acks += 1
+            return False
+        if not verify_signature(key, ack_message(receipt_id), signature):
+            self.bad_acks += 1
+            logger.warning("ignored an ack with a bad client signature for receipt %s", receipt_id.hex()[:16])
+            return False
+        return True
+
+    def _store(self, receipts: list[SignedReceipt], acks: list[tuple[bytes, bytes]]) -> bool:
+        while receipts or acks:
+            try:
+                self.outbox.append_many(receipts, acks)
+                return True
+            except Exception:
+                closing = self._closing.is_set()
+                logger.exception("storing %d receipts and %d acks in the outbox failed; %s", len(receipts),
+                                 len(acks), "giving up (closing)" if closing else "retrying")
+                if closing:
+                    return False
+                time.sleep(0.5)
+        return True
 
 
 def _entry(row: tuple) -> OutboxEntry:

@@ -2,15 +2,20 @@
 
 For each step the node commits to the input it received (digest of the wire tensor), the
 output it sends (digest of the wire tensor) and a Merkle root over its blocks' outputs,
-signs the receipt, appends it to the durable outbox *before* replying, and keeps what a
-challenge needs (node/openings.py). Client counter-signatures arrive as `ack` frames
-(on the session stream or the `ack` RPC) and are checked before they reach the outbox.
+signs the receipt and keeps what a challenge needs (node/openings.py); that is all the
+work between compute and reply. The receipt goes to the outbox through its group-commit
+writer (node/receipt_outbox.py), which stores it moments after the reply left. Client
+counter-signatures arrive as `ack` frames (a session's ride with its next step; forward
+and backward ones come by the `ack` RPC) and queue behind their receipts on the writer,
+which checks them (Ed25519) after that step's reply has left: a receipt is durable before
+its counter-signature is stored, and the `ack` RPC answers `ok` only once both are on disk.
+A node killed between a reply and the next group commit (a few ms) loses those receipts
+from its own outbox; the client holds them either way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import os
 import time
@@ -20,13 +25,13 @@ from typing import Any
 import torch
 
 from node.openings import RetentionStore, SessionRecord, StepRecord
-from node.receipt_outbox import ReceiptOutbox, default_outbox_path
+from node.receipt_outbox import OutboxWriter, ReceiptOutbox, default_outbox_path
 from node.ticket_check import FREE, TicketDecision
 from protocol.hashing import digest, tensor_digest_raw
-from protocol.identity import Identity, verify_signature
+from protocol.identity import Identity
 from protocol.merkle import block_root
 from protocol.messages import Frame, RequestMeta, WireTensor, read_frame, write_frame
-from protocol.receipts import ZERO32, Kind, Receipt, SignedReceipt, ack_message
+from protocol.receipts import ZERO32, Kind, Receipt, SignedReceipt
 from protocol.tensor_hash import tensor_digest
 
 logger = logging.getLogger("corolla.node")
@@ -62,10 +67,9 @@ class ReceiptSigner:
         self.manifest_hash = manifest_hash
         self.shipper = shipper
         self.retention = retention or RetentionStore()
-        self.unknown_acks = 0
-        # Acks are checked (Ed25519) and stored (SQLite) off the event loop, so a session's
-        # next step is read at once; one thread keeps them in arrival order.
-        self._ack_worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="corolla-acks")
+        # Receipts and acks are stored, and acks checked (Ed25519), on the writer's thread, in
+        # arrival order, once the reply of the step in flight has left.
+        self.writer = OutboxWriter(outbox, self._client_key_for)
 
     @classmethod
     def from_config(cls, key_path: str, outbox_path: str | None, ledger_url: str | None, span: Any,
@@ -83,8 +87,16 @@ class ReceiptSigner:
         if self.shipper is not None:
             self.shipper.start()
 
+    @property
+    def unknown_acks(self) -> int:
+        return self.writer.unknown_acks
+
+    def _client_key_for(self, receipt_id: bytes) -> bytes | None:
+        signed = self.retention.signed(receipt_id)
+        return signed.receipt.client_key if signed is not None else None
+
     async def stop(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self._ack_worker.shutdown, True)
+        await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
         if self.shipper is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.shipper.stop)
         self.outbox.close()
@@ -102,18 +114,18 @@ class ReceiptSigner:
             timestamp_ms=int(time.time() * 1000),
             ticket_id=decision.ticket_id if decision.paid else ZERO32, price=decision.charge if decision.paid else 0)
         signed = receipt.sign(self.identity)
-        self.outbox.append(signed)  # durable before the reply leaves
+        self.writer.append(signed)  # stored by the writer thread, before any ack of it
         return signed
 
     def sign_call(self, kind_name: str, meta: RequestMeta, input_wire: WireTensor, out: torch.Tensor,
                   per_block: list[torch.Tensor], hidden: torch.Tensor, decision: TicketDecision = FREE) -> bytes:
         """Forward: commit to the received input, the output and every block's output."""
-        leaves = [tensor_digest(o) for o in per_block]
+        output_hash = tensor_digest(out)
+        leaves = [output_hash if o is out else tensor_digest(o) for o in per_block]
         session_id = meta.session_id if len(meta.session_id) == 16 else os.urandom(16)
         batch, length = hidden.shape[0], hidden.shape[1]
         signed = self._sign(Kind.FORWARD, meta, session_id, meta.step, batch, batch * length,
-                                        wire_digest(input_wire), tensor_digest(out), leaves, meta.request_ref,
-                           decision)
+                            wire_digest(input_wire), output_hash, leaves, meta.request_ref, decision)
         record = SessionRecord()
         record.steps.append(StepRecord(hidden, per_block, leaves))
         self.retention.add(signed, record, 0)
@@ -128,8 +140,7 @@ class ReceiptSigner:
         session_id = meta.session_id if len(meta.session_id) == 16 else os.urandom(16)
         batch, length = hidden.shape[0], hidden.shape[1]
         signed = self._sign(Kind.BACKWARD, meta, session_id, meta.step, batch, batch * length,
-                                        wire_digest(grad_wire), tensor_digest(grad_in), leaves, meta.request_ref,
-                           decision)
+                            wire_digest(grad_wire), tensor_digest(grad_in), leaves, meta.request_ref, decision)
         record = SessionRecord()
         record.steps.append(StepRecord(hidden, per_block, leaves))
         self.retention.add(signed, record, 0)
@@ -141,12 +152,13 @@ class ReceiptSigner:
 
     def sign_step(self, state: SessionState, frame: Frame, hidden: torch.Tensor, out: torch.Tensor,
                   per_block: list[torch.Tensor], step: int, decision: TicketDecision = FREE) -> bytes:
-        leaves = [tensor_digest(o) for o in per_block]
+        output_hash = tensor_digest(out)
+        # the last block's output is the span's output: hash it once
+        leaves = [output_hash if o is out else tensor_digest(o) for o in per_block]
         batch, new = hidden.shape[0], hidden.shape[1]
         ref = frame.meta.get("request_ref") or request_ref_for_step(state.session_id, step)
         signed = self._sign(Kind.INFERENCE, state.meta, state.session_id, step, batch, batch * new,
-                                        wire_digest(frame.tensors[0]), tensor_digest(out), leaves, bytes(ref),
-                           decision)
+                            wire_digest(frame.tensors[0]), output_hash, leaves, bytes(ref), decision)
         state.record.steps.append(StepRecord(hidden, per_block, leaves))
         self.retention.add(signed, state.record, len(state.record.steps) - 1)
         return signed.to_bytes()
@@ -154,38 +166,29 @@ class ReceiptSigner:
     # ----- acknowledgements (event loop) -------------------------------------------------
 
     def queue_ack(self, meta: dict[str, Any]) -> None:
-        """Check and store counter-signatures in the background (see accept_ack)."""
-        future = self._ack_worker.submit(self.accept_ack, meta)
-        future.add_done_callback(_log_ack_failure)
+        """Queue client counter-signatures [(receipt_id, signature), ...] for the writer, which
+        checks and stores them after their receipts (malformed entries are ignored)."""
+        acks = meta.get("acks")
+        for entry in acks if isinstance(acks, list) else []:
+            try:
+                receipt_id, signature = entry
+                self.writer.attach(bytes(receipt_id), bytes(signature))
+            except (TypeError, ValueError):
+                self.writer.bad_acks += 1
 
     def accept_ack(self, meta: dict[str, Any]) -> None:
-        """Record client counter-signatures [(receipt_id, signature), ...] that verify."""
-        for receipt_id, signature in meta.get("acks", []):
-            signed = self.retention.signed(bytes(receipt_id))
-            if signed is None:
-                stored = self.outbox.get(bytes(receipt_id))
-                signed = stored.receipt if stored is not None else None
-            if signed is None:
-                self.unknown_acks += 1
-                continue
-            client_key = signed.receipt.client_key
-            if verify_signature(client_key, ack_message(bytes(receipt_id)), bytes(signature)):
-                self.outbox.attach_client_signature(bytes(receipt_id), bytes(signature))
-            else:
-                logger.warning("ignored an ack with a bad client signature for receipt %s", bytes(receipt_id).hex()[:16])
+        """queue_ack, then wait until what was queued (so these acks too) is stored."""
+        self.queue_ack(meta)
+        self.writer.flush().result()
 
     async def handle_ack(self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         frame = await read_frame(reader, 1 << 20)
-        if frame.kind == "ack":
+        if frame.kind == "ack":  # answer `ok` once the acks (and so their receipts) are durable
             self.queue_ack(frame.meta)
+            await asyncio.wrap_future(self.writer.flush())
         await write_frame(writer, Frame("ok"))
 
     async def handle_open(self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         frame = await read_frame(reader, 1 << 20)
         await write_frame(writer, self.retention.openings_frame(frame))
 
-
-
-def _log_ack_failure(future: concurrent.futures.Future[None]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        logger.error("storing a client counter-signature failed", exc_info=future.exception())

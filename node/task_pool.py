@@ -5,6 +5,14 @@ which returns a `concurrent.futures.Future` (await it from asyncio with
 `asyncio.wrap_future`). The pool's worker thread(s) run one task at a time, always the one
 with the smallest *tag*.
 
+*Preemptible between steps.* A task function may return a generator (a task in steps, see
+node/task_queue.py; the block server yields after every block). After each step the
+worker looks at the queue: if a task with a smaller tag has arrived meanwhile, the running
+task goes back into the queue with its tag unchanged and the worker runs the other one
+first. So a paid inference step waits for at most one block of the free forward that was
+running when it arrived, not for the whole forward; the interrupted task resumes where it
+stopped, and its result is the same as if it had run in one go.
+
 Tags are virtual deadlines in seconds on the monotonic clock (VirtualClock scheduling,
 Zhang 1990). A *flow* is one client (its key) in one class (paid or free). For a task of
 flow f arriving at time t:
@@ -26,9 +34,10 @@ What this gives, and why:
 - *Inference before bulk of the same class.* Forward/backward tokens cost `bulk_factor`
   times more virtual time, and a bulk call carries many tokens, so a single inference
   step of the same class sorts ahead of it.
-- *Free work ages and never starves.* A tag never changes once given, while every task
-  arriving later gets a tag >= its arrival time. A free task that has waited past its tag
-  therefore beats every newly arriving task, paid or not. Every tag is at most
+- *Free work ages and never starves.* A tag never changes once given (not even when its
+  task is preempted), while every task arriving later gets a tag >= its arrival time. A
+  free task that has waited past its tag therefore beats every newly arriving task, paid
+  or not, and is no longer preempted by them. Every tag is at most
   arrival + max_lead_s + max_slack_s (3 s by default), so a task waits at most that long
   plus the work of tasks tagged before it, which all arrived before its deadline.
   `max_lead_s` caps how far a greedy flow's tags run ahead of real time (a client that
@@ -51,7 +60,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,6 +144,7 @@ class _Entry:
     future: Future[Any] = field(compare=False)
     priority: Priority = field(compare=False)
     enqueued: float = field(compare=False)
+    steps: Generator[Any, None, Any] | None = field(default=None, compare=False)  # once started, if in steps
 
 
 @dataclass
@@ -144,6 +154,7 @@ class PoolStats:
     served_paid: int = 0
     served_free: int = 0
     rejected_full: int = 0
+    preempted: int = 0  # times a task in steps went back to the queue for a more urgent one
     max_wait_free_s: float = 0.0
     max_wait_paid_s: float = 0.0
 
@@ -222,15 +233,35 @@ class TaskPool:
                     return  # closed and drained
                 entry = heapq.heappop(self._heap)
                 self._cond.notify_all()  # wake join_idle() waiters
-                self._account(entry)
-            if not entry.future.set_running_or_notify_cancel():
+                if entry.steps is None:
+                    self._account(entry)
+            if entry.steps is None and not entry.future.set_running_or_notify_cancel():
                 continue
             try:
-                result = entry.fn()
+                self._advance(entry)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller via the future
                 entry.future.set_exception(exc)
-            else:
+
+    def _advance(self, entry: _Entry) -> None:
+        """Run the task until it finishes (result set) or a more urgent task is queued."""
+        if entry.steps is None:
+            result = entry.fn()
+            if not isinstance(result, Generator):
                 entry.future.set_result(result)
+                return
+            entry.steps = result
+        while True:
+            try:
+                next(entry.steps)
+            except StopIteration as done:
+                entry.future.set_result(done.value)
+                return
+            with self._cond:
+                if self._heap and self._heap[0] < entry:
+                    heapq.heappush(self._heap, entry)  # same tag and seq: it resumes in its turn
+                    self.stats.preempted += 1
+                    self._cond.notify()
+                    return
 
     def _account(self, entry: _Entry) -> None:
         waited = self._clock() - entry.enqueued
@@ -252,7 +283,8 @@ class TaskPool:
         """Stop accepting work; fail queued tasks (or let them run) and join the workers.
 
         With `cancel_pending` queued futures fail with PoolClosedError, so every awaiting
-        handler gets an answer; the task being computed always finishes.
+        handler gets an answer (a task preempted part-way too: its generator is closed);
+        the task being computed always finishes.
         """
         with self._cond:
             self._closed = True
@@ -263,7 +295,10 @@ class TaskPool:
         if dropped:
             logger.info("task pool shut down with %d queued tasks; their requests get an error", len(dropped))
         for entry in dropped:
-            if entry.future.set_running_or_notify_cancel():
+            if entry.steps is not None:  # started, then preempted: stop it where it is
+                entry.steps.close()
+                entry.future.set_exception(PoolClosedError("node is shutting down"))
+            elif entry.future.set_running_or_notify_cancel():
                 entry.future.set_exception(PoolClosedError("node is shutting down"))
         if wait:
             for worker in self._workers:
@@ -301,7 +336,9 @@ class PriorityTaskQueue:
     async def submit(self, info: TaskInfo, fn: Callable[..., Any], *args: Any) -> Any:
         """Run `fn(*args)` on the compute thread in priority order; PoolFullError when full.
 
-        If the awaiting coroutine is cancelled before the task starts, it never runs.
+        If `fn` returns a generator, it runs one step at a time and a more urgent task may
+        run between two steps. If the awaiting coroutine is cancelled before the task
+        starts, it never runs.
         """
         return await asyncio.wrap_future(self.pool.submit(fn, *args, priority=priority_from_info(info)))
 

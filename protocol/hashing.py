@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from functools import lru_cache
 
 import blake3
 
@@ -24,6 +25,7 @@ def digest(data: bytes | bytearray | memoryview) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+@lru_cache(maxsize=4096)  # a node hashes tensors of the same few shapes at every step
 def tensor_header(dtype: str, shape: tuple[int, ...]) -> bytes:
     """Canonical prefix that binds a tensor's dtype and shape into its digest."""
     name = dtype.encode("ascii")
@@ -38,7 +40,7 @@ def tensor_header(dtype: str, shape: tuple[int, ...]) -> bytes:
     )
 
 
-def tensor_digest_raw(dtype: str, shape: tuple[int, ...], raw: bytes | memoryview) -> bytes:
+def tensor_digest_raw(dtype: str, shape: tuple[int, ...], raw: bytes | bytearray | memoryview) -> bytes:
     """Digest of a tensor given as dtype name (e.g. "float32"), shape and C-order LE bytes."""
     if HASH == "blake3":
         h = blake3.blake3(tensor_header(dtype, shape))

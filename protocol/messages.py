@@ -23,7 +23,9 @@ RPCs (request kind -> reply kind):
 - `open` (challenges): `open` frame (meta: {"receipt_id": 32 bytes, "block": absolute block
   index}) -> `openings` frame: meta {"receipt": SignedReceipt.to_bytes(), "block": int,
   "leaf_index": block - block_start, "num_leaves": int, "proof": [32-byte nodes] for
-  protocol.merkle.verify_block_proof}, tensors [block input rows for the whole prefix
+  protocol.merkle.verify_block_proof, "leaves": [every per-block output digest of the
+  step, in block order], "input_proof": (inner blocks only) proof of leaf leaf_index - 1},
+  tensors [block input rows for the whole prefix
   (positions 0..end of the receipt's step; for forward/backward: the call's rows), block
   output rows of the receipt's step]. Check: tensor_digest(outputs) is the leaf and the
   proof leads to receipt.blocks_root; block_forward(block, inputs)[:, -t:] ≈ outputs with

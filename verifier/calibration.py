@@ -131,9 +131,11 @@ class Calibrator:
         return block, x, new
 
     def reference(self, block: int, x: torch.Tensor, new: int) -> torch.Tensor:
-        """What the verifier computes: the fp32 block over the whole prefix, last rows."""
-        with torch.no_grad():
-            return self.span(block, torch.float32).block_forward(block, x.float())[:, -new:]
+        """What the verifier computes (`recompute.reference_rows`, nothing held): the fp32
+        block's last `new` rows from the opened prefix."""
+        from verifier.recompute import reference_rows
+
+        return reference_rows(self.span(block, torch.float32), block, x.float(), new)
 
     def honest(self, block: int, x: torch.Tensor, new: int, dtype: torch.dtype) -> torch.Tensor:
         """An honest node's output rows, computed in one of the ways nodes really differ."""
@@ -240,7 +242,7 @@ def calibrate(
     _extrapolate_gpu(entries)
     notes: dict[str, object] = {
         "honest_ways": ["thread count 1/2", "extra rows in the batch", "cached decoding vs full prefix"],
-        "reference": "float32 on CPU over the whole prefix, from the opened input",
+        "reference": "float32 on CPU from the opened input (recompute.reference_rows, nothing held)",
         "adversary_min": {k: min(v) for k, v in report.adversary.items() if not k.endswith("_error")},
     }
     report.thresholds = Thresholds(

@@ -15,7 +15,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from protocol.receipts import Receipt, SignedReceipt
+from protocol.receipts import Kind, Receipt, SignedReceipt
 from protocol.verdicts import Reason, Result, openings_hash
 from verifier.checks import Finding, check_chain, check_openings, check_replay
 from verifier.openings import Openings
@@ -79,8 +79,15 @@ def judge_openings(
     finding = check_openings(receipt, openings, history)
     if finding:
         return _fail(finding, evidence)
+    session = receipt.node_key + receipt.session_id if receipt.kind == Kind.INFERENCE else None
     cmp = compare_block(
-        loader, thresholds, openings.block, openings.inputs, openings.output, device_class=device_class
+        loader,
+        thresholds,
+        openings.block,
+        openings.inputs,
+        openings.output,
+        device_class=device_class,
+        session=session,
     )
     measured = cmp.measured if math.isfinite(cmp.measured) else MAX_MEASURED
     if cmp.ok:

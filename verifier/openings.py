@@ -124,5 +124,3 @@ def _signed_receipt(value: Any) -> SignedReceipt:
 def openings_hash(blob: bytes) -> bytes:
     """What a verdict's `openings_hash` commits to: the digest of the openings blob."""
     return digest(OPENINGS_DOMAIN + blob)
-
-

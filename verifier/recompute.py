@@ -3,12 +3,25 @@
 Blocks are loaded one at a time (`BlockSpan.load(model, i, i + 1)`), checked against the
 model manifest by the loader, and kept in a small LRU: a verifier of a 70-layer model
 holds a few layers, not the model. The reference is always float32 on the verifier's
-device over the whole prefix (no cache), whatever dtype the node computed in.
+device, computed from the opened input, whatever dtype the node computed in.
+
+A decode step opens a long prefix and a few new rows, and only the new rows are compared.
+The prefix rows enter the new rows' output only through their attention keys and values,
+so those are all we compute for them (norm + q/k/v projections + rotary, stopped at the
+layer's cache write: `PrefixKV`); the whole block then runs on the new rows against that
+prefix, as a node's cached step does, and the keys/values stay held for the session's
+next checks (`PrefixCache`). That is an honest cached decoder's computation: it differs
+from the whole block over the whole prefix by the float32 rounding that calibration
+already counts as honest ("cached decoding vs full prefix"), and no more
+(tests/verifier/test_recompute.py, every supported architecture). Architectures not in
+`CHEAP_PREFIX_ARCHS`, or a layer that never writes its cache, get the whole-prefix
+recompute.
 """
 
 from __future__ import annotations
 
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +31,18 @@ import torch
 
 from protocol.tensor_hash import dtype_name
 from verifier.tolerance import Thresholds, divergence
+
+# Families whose layers write their keys/values through `cache.update(key, value, layer)`
+# before attending (transformers 5.x), checked per family by tests/verifier/test_recompute.py.
+CHEAP_PREFIX_ARCHS = frozenset({"llama", "mistral", "qwen2", "mixtral", "bloom", "falcon"})
+# Prefix rows whose keys/values are not held yet run through the whole block with the new
+# rows (one layer call) when there are few of them, instead of a separate key/value pass
+# (a second call): a call has a fixed cost, ~0.35 ms on this CPU or ~25 MFLOP of block
+# work at the ~70 GFLOP/s measured here (benchmarks/verifier.py). So a 128-wide block
+# catches up to 64 rows in one call, a 4096-wide one only the minimum. Only the cost
+# depends on this: both ways agree with the full recompute (tests/verifier/test_recompute.py).
+CALL_OVERHEAD_FLOPS = 25e6
+MIN_RIDE_ALONG_ROWS = 4
 
 
 @dataclass(frozen=True)
@@ -33,12 +58,25 @@ class Comparison:
 class BlockLoader:
     """Single blocks of one model on demand, least recently used evicted past `capacity`."""
 
-    def __init__(self, model: str | Path, *, device: str = "cpu", capacity: int = 4):
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        device: str = "cpu",
+        capacity: int = 4,
+        prefix_capacity: int = 16,
+        cheap_prefix: bool = True,
+    ):
+        """`prefix_capacity`: sessions x blocks whose prefix keys/values are held
+        (`PrefixCache`); `cheap_prefix=False` recomputes the whole block over every prefix
+        (the reference before the cheap path existed, for benchmarks and comparisons)."""
         self.model = model
+        self.cheap_prefix = cheap_prefix
         self.device = device
         self.capacity = max(1, capacity)
         self._blocks: OrderedDict[int, Any] = OrderedDict()
         self.loads = 0
+        self.prefixes = PrefixCache(prefix_capacity)
 
     def block(self, index: int) -> Any:
         """The float32 BlockSpan of block `index` (loaded and manifest-checked on first use)."""
@@ -61,12 +99,185 @@ class BlockLoader:
         return load_manifest(self.model).manifest_hash()
 
 
-def recompute(loader: BlockLoader, index: int, inputs: torch.Tensor, new: int) -> torch.Tensor:
-    """Block `index` over the opened prefix input [B, L, H]; its last `new` rows, float32."""
-    span = loader.block(index)
+class _Captured(Exception):
+    """Raised by `PrefixKV` to stop a layer once it has written the prefix keys/values."""
+
+
+class PrefixKV:
+    """A one-layer stand-in for a `transformers` cache: the only method layers call is `update`.
+
+    It starts with the keys/values of some first rows (or none) and appends what the layer
+    writes. While `capturing`, it stops the layer right after the write (no attention, no
+    MLP): that is how the prefix rows get their keys and values and nothing else. Then the
+    layer runs on the new rows and `update` returns prefix + new keys/values, so the new
+    rows attend to every position, as in a node's cached step.
+    """
+
+    def __init__(self, keys: torch.Tensor | None = None, values: torch.Tensor | None = None) -> None:
+        self.keys, self.values = keys, values
+        self.capturing = False
+
+    def update(
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys is not None and self.values is not None:
+            key, value = torch.cat([self.keys, key], dim=-2), torch.cat([self.values, value], dim=-2)
+        self.keys, self.values = key, value
+        if self.capturing:
+            raise _Captured
+        return key, value
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.keys is None else int(self.keys.shape[-2])
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.rows
+
+
+@dataclass
+class _Held:
+    inputs: torch.Tensor  # [B, rows, H] float32: the opened input rows these keys/values are of
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+class PrefixCache:
+    """Keys/values of prefixes already recomputed, per (node, session, block), LRU.
+
+    A decode session opens the same prefix again at every later step, one row longer each
+    time; holding its keys/values means a session costs the verifier the prefix's
+    projections once per block it checks, not once per check. An entry is reused only up
+    to the rows where the new opening's input equals the stored one bit for bit (a row's
+    key/value depends on that row and its position only), so a node cannot make the
+    verifier reuse anything it did not compute from this very input.
+    """
+
+    def __init__(self, capacity: int = 16) -> None:
+        self.capacity = capacity
+        self._held: OrderedDict[bytes, _Held] = OrderedDict()
+        self.hits = 0
+
+    def start(self, key: bytes | None, inputs: torch.Tensor, prefix: int) -> PrefixKV:
+        """The stored keys/values of the longest usable first rows of `inputs[:, :prefix]`."""
+        held = self._held.get(key) if key is not None else None
+        if held is None or held.inputs.shape[0] != inputs.shape[0]:
+            return PrefixKV()
+        rows = min(int(held.inputs.shape[1]), prefix)
+        if rows == 0 or not torch.equal(held.inputs[:, :rows], inputs[:, :rows]):
+            return PrefixKV()
+        self._held.move_to_end(key)  # type: ignore[arg-type]
+        self.hits += 1
+        return PrefixKV(held.keys[..., :rows, :], held.values[..., :rows, :])
+
+    def keep(self, key: bytes | None, inputs: torch.Tensor, kv: PrefixKV) -> None:
+        if key is None or self.capacity <= 0 or kv.keys is None or kv.values is None:
+            return
+        if kv.rows != inputs.shape[1]:
+            return
+        self._held[key] = _Held(inputs.clone(), kv.keys, kv.values)
+        self._held.move_to_end(key)
+        while len(self._held) > self.capacity:
+            self._held.popitem(last=False)
+
+
+def full_prefix_rows(span: Any, index: int, inputs: torch.Tensor, new: int) -> torch.Tensor:
+    """Block `index` over all of `inputs` [B, L, H] (no cache); its last `new` rows."""
+    return span.block_forward(index, inputs)[:, -new:]
+
+
+def ride_along_rows(span: Any) -> int:
+    """How many not-yet-held prefix rows go through the whole block with the new rows."""
+    flops = float(getattr(span.manifest, "block_flops_per_token", 0) or 0)
+    return max(MIN_RIDE_ALONG_ROWS, int(CALL_OVERHEAD_FLOPS / flops) if flops > 0 else 0)
+
+
+def cached_prefix_rows(
+    span: Any,
+    index: int,
+    inputs: torch.Tensor,
+    new: int,
+    kv: PrefixKV | None = None,
+    *,
+    ride_along: int | None = None,
+) -> torch.Tensor | None:
+    """The last `new` rows of block `index`, the prefix computed only as far as its keys and
+    values (module docstring), after the first `kv.rows` rows whose keys/values `kv` holds
+    already; None when this layer does not write them through its cache. Up to
+    `ride_along` (default `ride_along_rows(span)`) prefix rows not held run through the
+    whole block with the new rows instead of a key/value pass of their own."""
+    kv = kv or PrefixKV()
+    ride_along = ride_along_rows(span) if ride_along is None else ride_along
+    prefix = int(inputs.shape[1]) - new
+    arch, layer = span.arch, span.layers[index - span.start]
+    window = arch.sliding_window(index)
+    positions = _position_module(span)
+    if prefix - kv.rows > ride_along:
+        done, head = kv.rows, inputs[:, kv.rows : prefix]
+        kv.capturing = True
+        try:
+            arch.call_layer(layer, head, arch.layer_inputs(positions, head, done, {window}), window, kv)
+        except _Captured:
+            pass
+        kv.capturing = False
+        if kv.rows != prefix:
+            return None
+    past, tail = kv.rows, inputs[:, kv.rows :]  # prefix rows not held (if any) ride along
+    out = arch.call_layer(layer, tail, arch.layer_inputs(positions, tail, past, {window}), window, kv)
+    return out[:, -new:] if kv.rows == inputs.shape[1] else None
+
+
+_POSITIONS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _position_module(span: Any) -> Any:
+    """The span's rotary module (None for ALiBi families), built once per loaded span."""
+    if span not in _POSITIONS:
+        _POSITIONS[span] = span.arch.new_position_module(span.device)
+    return _POSITIONS[span]
+
+
+def reference_rows(
+    span: Any,
+    index: int,
+    inputs: torch.Tensor,
+    new: int,
+    *,
+    prefixes: PrefixCache | None = None,
+    session: bytes | None = None,
+    cheap: bool = True,
+) -> torch.Tensor:
+    """What the verifier compares against: block `index`'s last `new` rows over the prefix
+    `inputs` [B, L, H] (float32 on the span's device), cheaply when the family allows;
+    with `prefixes` and a `session` key, reusing keys/values of earlier checks (a session's
+    first step, with no prefix, also goes the cached way so its keys/values are kept)."""
     with torch.no_grad():
-        out = span.block_forward(index, inputs.to(device=span.device, dtype=torch.float32))
-    return out[:, -new:].to("cpu")
+        cheap = cheap and span.arch.name in CHEAP_PREFIX_ARCHS
+        if cheap and (new < inputs.shape[1] or session is not None):
+            key = None if session is None else session + index.to_bytes(4, "big")
+            prefix = int(inputs.shape[1]) - new
+            kv = prefixes.start(key, inputs, prefix) if prefixes is not None else PrefixKV()
+            out = cached_prefix_rows(span, index, inputs, new, kv)
+            if out is not None:
+                if prefixes is not None:
+                    prefixes.keep(key, inputs, kv)
+                return out
+        return full_prefix_rows(span, index, inputs, new)
+
+
+def recompute(
+    loader: BlockLoader, index: int, inputs: torch.Tensor, new: int, *, session: bytes | None = None
+) -> torch.Tensor:
+    """Block `index` over the opened prefix input [B, L, H]; its last `new` rows, float32.
+
+    `session` (e.g. node key + session id) lets the loader's `PrefixCache` reuse the keys
+    and values of this session's prefix from earlier checks of the same block."""
+    span = loader.block(index)
+    x = inputs.to(device=span.device, dtype=torch.float32)
+    out = reference_rows(
+        span, index, x, new, prefixes=loader.prefixes, session=session, cheap=loader.cheap_prefix
+    )
+    return out.to("cpu")
 
 
 def compare_block(
@@ -77,15 +288,17 @@ def compare_block(
     output: torch.Tensor,
     *,
     device_class: str | None = None,
+    session: bytes | None = None,
 ) -> Comparison:
     """Recompute block `index` from `inputs` and score the node's `output` rows against it.
 
     The bound is the one calibrated for the dtype the node computed in (the dtype of its
-    opened output) and the device class it announced (None: the loosest known).
+    opened output) and the device class it announced (None: the loosest known). `session`
+    names the decode session the opening belongs to (see `recompute`).
     """
     started = time.perf_counter()
     new = int(output.shape[1])
-    reference = recompute(loader, index, inputs, new)
+    reference = recompute(loader, index, inputs, new, session=session)
     measured = divergence(output, reference, inputs[:, -new:].float())
     tolerance = thresholds.lookup(dtype_name(output.dtype), device_class).threshold
     return Comparison(

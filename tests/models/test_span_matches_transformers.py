@@ -119,7 +119,10 @@ def test_backward_equals_autograd_through_transformers(arch_case) -> None:
         grad = span.backward(span_input, grad)
     block_input.backward(grad)
 
-    torch.testing.assert_close(token_vectors.grad, expected, atol=ATOL, rtol=1e-4)
+    # transformers 5.24 sums Mixtral's expert outputs in another order in the backward pass
+    # (one element of 1,152 differs by 4e-5, relative 2e-4); the forward still matches at ATOL.
+    rtol = 1e-3 if arch_case.arch == "mixtral" else 1e-4
+    torch.testing.assert_close(token_vectors.grad, expected, atol=ATOL, rtol=rtol)
     assert all(p.grad is None for span in spans for p in span.layers.parameters())
     assert parts.lm_head.weight.grad is not None
 

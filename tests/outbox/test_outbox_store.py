@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from outbox_fixtures import CLIENT, make_receipt
 
-from node.receipt_outbox import ReceiptOutbox
+from node.receipt_outbox import OutboxWriter, ReceiptOutbox
 
 HERE = Path(__file__).parent
 
@@ -42,6 +42,55 @@ def test_outbox_survives_kill_9_of_the_writer_between_appends(tmp_path, synchron
             assert (entry.receipt.client_signature is not None) == (entry.receipt.receipt.step % 2 == 0)
         assert outbox.counts().total >= 200  # the killed writer may have committed one more
         assert outbox.append(make_receipt(10_000))  # and the file is still writable
+
+
+@pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
+def test_group_commit_writer_survives_kill_9_between_steps(tmp_path, synchronous):
+    """What the node's writer said was stored (flush) is there after a kill -9, acks included."""
+    path = tmp_path / "outbox.sqlite"
+    proc = subprocess.Popen([sys.executable, str(HERE / "outbox_group_writer.py"), str(path), synchronous],
+                            stdout=subprocess.PIPE, text=True, cwd=HERE)
+    flushed = []
+    try:
+        for line in proc.stdout:
+            receipt_id, acked = line.split()
+            flushed.append((bytes.fromhex(receipt_id), None if acked == "-" else bytes.fromhex(acked)))
+            if len(flushed) == 200:
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert len(flushed) == 200
+    assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    with ReceiptOutbox(path) as outbox:
+        for rid, acked in flushed:
+            entry = outbox.get(rid)
+            assert entry is not None and entry.receipt.verify_node()
+            if acked is not None:
+                assert outbox.get(acked).receipt.verify_client()
+        assert outbox.counts().total >= 200
+
+
+def test_group_commit_writer_checks_acks_and_stores_them_with_or_after_their_receipts(tmp_path):
+    with ReceiptOutbox(tmp_path / "o.sqlite", ack_grace_ms=60_000) as outbox:
+        writer = OutboxWriter(outbox)
+        a, b = make_receipt(1), make_receipt(2)
+        ack_a, ack_b = a.countersign(CLIENT).client_signature, b.countersign(CLIENT).client_signature
+        writer.append(a)
+        writer.attach(a.id, ack_b)  # the client's signature, but of another receipt's ack
+        writer.attach(a.id, ack_a)  # good, in the same batch as its receipt
+        writer.attach(b"\x09" * 32, ack_a)  # no such receipt
+        writer.flush().result(timeout=10)
+        assert outbox.get(a.id).receipt.verify_client()
+        assert (writer.unknown_acks, writer.bad_acks) == (1, 1)
+        writer.append(b)
+        writer.flush().result(timeout=10)
+        assert outbox.get(b.id).receipt.client_signature is None
+        writer.attach(b.id, ack_b)  # its receipt is only in the outbox now
+        writer.close()  # stores what is queued
+        assert outbox.get(b.id).receipt.verify_client()
+        assert outbox.counts().total == 2
 
 
 def test_append_is_idempotent_and_adds_a_late_ack(tmp_path):

@@ -296,3 +296,131 @@ def test_a_full_pool_is_a_busy_answer_for_the_client():
             pool.submit(lambda: None)
         assert err.value.code == ErrorCode.BUSY and "retry later" in str(err.value)
         gate.release.set()
+
+
+# ----- tasks in steps: preemption between blocks -------------------------------------------
+
+
+def blocks(order: list[str], name: str, n: int, during: dict[int, object] | None = None):
+    """A task in steps like the block server's: one "block" per step, then its result.
+    `during[i]` is called inside step i (to make something arrive while the task runs)."""
+    for i in range(n):
+        order.append(f"{name}{i}")
+        if during and i in during:
+            during[i]()  # type: ignore[operator]
+        yield
+    return f"{name} done"
+
+
+def test_paid_step_arriving_during_a_long_free_task_runs_after_at_most_one_block(pool):
+    order: list[str] = []
+    arrived: list = []
+
+    def paid_arrives() -> None:
+        arrived.append(pool.submit(order.append, "paid", priority=paid(1)))
+
+    long_free = pool.submit(blocks, order, "free", 8, {2: paid_arrives},
+                            priority=free(kind=Kind.FORWARD, tokens=512))
+    assert long_free.result(5) == "free done"
+    assert arrived[0].result(5) is None
+    # the paid step ran right after the block during which it arrived, then the free task resumed
+    assert order == ["free0", "free1", "free2", "paid", "free3", "free4", "free5", "free6", "free7"]
+    assert pool.stats.preempted == 1
+
+
+def test_free_inference_step_overtakes_a_running_free_forward_between_blocks(pool):
+    order: list[str] = []
+    arrived: list = []
+
+    def step_arrives() -> None:
+        arrived.append(pool.submit(order.append, "step", priority=free(b"chatty")))
+
+    bulk = pool.submit(blocks, order, "bulk", 4, {0: step_arrives}, priority=free(b"bulk", Kind.FORWARD, 512))
+    assert bulk.result(5) == "bulk done" and arrived[0].result(5) is None
+    assert order == ["bulk0", "step", "bulk1", "bulk2", "bulk3"]
+
+
+def test_an_overdue_free_task_is_not_preempted_by_new_paid_work():
+    """Aging survives preemption: the free task keeps its tag, and once it is past due no new
+    task sorts before it."""
+    clock = FakeClock()
+    with TaskPool(clock=clock) as pool:
+        order: list[str] = []
+        arrived: list = []
+
+        def late_paid_arrives() -> None:
+            clock.now += 0.2  # the free step's slack is 1/20 s: it is now overdue
+            arrived.append(pool.submit(order.append, "paid", priority=paid(1)))
+
+        old_free = pool.submit(blocks, order, "free", 3, {0: late_paid_arrives}, priority=free())
+        assert old_free.result(5) == "free done" and arrived[0].result(5) is None
+        assert order == ["free0", "free1", "free2", "paid"]
+        assert pool.stats.preempted == 0
+
+
+def test_a_preempted_task_resumes_after_the_urgent_tasks_and_keeps_its_result(pool):
+    """Several paid steps arrive while a free task runs; all of them run at the next block
+    boundary, then the free task finishes with the same result as uninterrupted."""
+    order: list[str] = []
+    arrived: list = []
+
+    def burst() -> None:
+        arrived.extend(pool.submit(order.append, f"paid{i}", priority=paid(1, bytes([i]))) for i in range(3))
+
+    task = pool.submit(blocks, order, "free", 3, {1: burst}, priority=free(kind=Kind.FORWARD, tokens=64))
+    assert task.result(5) == "free done"
+    assert [f.result(5) for f in arrived] == [None] * 3
+    assert order[:2] == ["free0", "free1"]
+    assert sorted(order[2:5]) == ["paid0", "paid1", "paid2"]
+    assert order[5:] == ["free2"]
+
+
+def test_an_error_in_a_step_reaches_the_caller(pool):
+    def failing():
+        yield
+        raise ValueError("block 2 failed")
+
+    with pytest.raises(ValueError, match="block 2 failed"):
+        pool.submit(failing).result(5)
+    assert pool.submit(lambda: 7).result(5) == 7
+
+
+def test_shutdown_fails_a_preempted_task_and_closes_it():
+    pool = TaskPool()
+    closed = threading.Event()
+    gate_started, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        gate_started.set()
+        assert release.wait(10)
+
+    def long_task():
+        try:
+            pool.submit(hold, priority=paid(1000, b"gate"))  # arrives during the first block
+            yield
+            yield
+        finally:
+            closed.set()
+
+    preempted = pool.submit(long_task, priority=free(kind=Kind.FORWARD, tokens=512))
+    assert gate_started.wait(5)
+    threading.Timer(0.1, release.set).start()
+    pool.shutdown(wait=True, timeout=5)
+    with pytest.raises(PoolClosedError):
+        preempted.result(1)
+    assert closed.is_set()
+
+
+def test_the_fifo_queue_runs_tasks_in_steps_to_their_end():
+    import asyncio
+
+    from node.task_queue import TaskInfo, TaskQueue
+
+    async def scenario() -> str:
+        queue = TaskQueue()
+        try:
+            return await queue.submit(TaskInfo("forward", 4), blocks, [], "fifo", 4)
+        finally:
+            queue.shutdown()
+
+    assert asyncio.run(scenario()) == "fifo done"

@@ -13,7 +13,7 @@ from client.remote_calls import NodeFailure
 from models.span import BlockSpan
 from node.receipt_outbox import ReceiptOutbox
 from protocol.hashing import tensor_digest_raw
-from protocol.merkle import verify_block_proof
+from protocol.merkle import block_root, verify_block_proof
 from protocol.messages import (
     ErrorCode,
     Frame,
@@ -126,6 +126,15 @@ def test_challenge_openings_hash_to_commitments_and_recompute(receipt_swarm):
         leaf = tensor_digest(outputs)
         assert verify_block_proof(leaf, openings.leaf_index, openings.num_leaves, openings.proof,
                                   target.receipt.blocks_root)
+        meta = open_receipt(client, ann, target.id, block).meta
+        leaves = [bytes(x) for x in meta["leaves"]]
+        assert block_root(leaves) == target.receipt.blocks_root and leaves[block - 2] == leaf
+        if block > 2:  # an inner block's input is the previous block's committed output
+            assert tensor_digest(inputs[:, -1:].contiguous()) == leaves[block - 3]
+            assert verify_block_proof(leaves[block - 3], block - 3, 2, [bytes(x) for x in meta["input_proof"]],
+                                      target.receipt.blocks_root)
+        else:
+            assert "input_proof" not in meta
         if block == 2:
             last = openings.inputs
             step_rows = inputs[:, -1:].contiguous()
@@ -172,6 +181,58 @@ def test_node_with_invalid_receipts_is_banned_and_routed_around(receipt_swarm, d
         assert out.tolist() == ref.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False).tolist()
     finally:
         client.swarm.router.rtt.pop(honest_peer, None)
+        liar.stop()
+
+
+@pytest.mark.parametrize("bad_step", [1, 3])
+def test_a_receipt_that_fails_background_verification_gets_the_node_dropped(receipt_swarm, dht_peer, monkeypatch,
+                                                                             caplog, bad_step):
+    """Receipts are checked while the next hops compute: a node that lies once (here at step
+    `bad_step` of steps 0..3) is dropped before its next step, or, at the last step, when the
+    session closes; the output is still exact and the lie is not kept as evidence."""
+    model, nodes, client, keys = receipt_swarm
+    real_make = node_cli.make_receipts
+
+    def lying_once(cfg, span, manifest_hash):
+        signer = real_make(cfg, span, manifest_hash)
+        honest = signer.sign_step
+
+        def sign_step(state, frame, hidden, out, per_block, step, *rest):
+            return honest(state, frame, hidden, out + 1.0 if step == bad_step else out, per_block, step, *rest)
+
+        signer.sign_step = sign_step
+        return signer
+
+    monkeypatch.setattr(node_cli, "make_receipts", lying_once)
+    liar = InProcessNode([str(model), "--blocks", "2:4", "--initial-peers", *dht_peer, "--key",
+                          str(keys / f"liar-once-{bad_step}.key")]).wait()
+    monkeypatch.setattr(node_cli, "make_receipts", real_make)
+    book = client.swarm.receipts
+    book.receipts.clear()
+    try:
+        honest_peer = next(n.peer_id for n in nodes if n.ready["blocks"] == [2, 4])
+        client.swarm.router.rtt[honest_peer] = 10.0  # make the liar look faster, so it is tried first
+        client.swarm.router.fetched_at = -1e9
+        ids = torch.tensor([[30, 31, 32]])
+        with caplog.at_level("WARNING", logger="corolla.client"):
+            with client.inference_session(max_length=8) as session:
+                out = client.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+                last = session.spans[-1].ann.peer_id
+            # checked by the time the session is closed: nothing left unverified
+            assert client.swarm.router.banned_until.get(liar.ready["peer_id"])
+        assert last == (honest_peer if bad_step < 3 else liar.ready["peer_id"])
+        assert any("invalid receipt" in r.getMessage() and "output hash" in r.getMessage() for r in caplog.records)
+        kept = [(r.receipt.node_key.hex(), r.receipt.step) for r in book.receipts if r.receipt.block_start == 2]
+        assert (liar.ready["node_key"], bad_step) not in kept
+        assert [step for key, step in kept if key == liar.ready["node_key"]] == list(range(bad_step))
+        assert all(r.verify_client() for r in book.receipts)
+        from transformers import AutoModelForCausalLM
+
+        ref = AutoModelForCausalLM.from_pretrained(model).eval()
+        assert out.tolist() == ref.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False).tolist()
+    finally:
+        client.swarm.router.rtt.pop(honest_peer, None)
+        client.swarm.router.banned_until.pop(liar.ready["peer_id"], None)
         liar.stop()
 
 
