@@ -154,12 +154,7 @@ class BlockSpan:
         attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor | None,
     ) -> SpanOutput:
-        outputs = []
-        last = hidden
-        for last in self.iter_blocks(hidden, cache, attention_mask, position_ids):
-            if block_outputs:
-                outputs.append(last)
-        return (last, outputs) if block_outputs else last
+        return _collect(self.iter_blocks(hidden, cache, attention_mask, position_ids), hidden, block_outputs)
 
     def iter_blocks(
         self,
@@ -173,7 +168,7 @@ class BlockSpan:
         The one implementation of running the span (`forward`/`step` consume it whole; the
         node's scheduler runs it block by block so that urgent work can cut in between,
         node/block_steps.py). Each `next()` runs in the caller's grad mode. With a cache, the
-        caller commits the step.
+        caller commits the step (`iter_step` does).
         """
         hidden = self._check_hidden(hidden)
         past = cache.length if cache is not None else 0
@@ -215,6 +210,19 @@ class BlockSpan:
 
         Raises ValueError (cache unchanged) if they do not fit in cache.max_length. With
         padding, attention_mask covers all positions so far: [B, cache.length + T]."""
+        with torch.no_grad():
+            return _collect(self.iter_step(hidden, cache, attention_mask, position_ids), hidden, block_outputs)
+
+    def iter_step(
+        self,
+        hidden: torch.Tensor,
+        cache: SpanCache,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """`step` one block at a time (see iter_blocks); the cache counts the new positions
+        once the last block has run. Checks, and reserves the positions, at the call: raises
+        ValueError (cache unchanged) before any block runs."""
         hidden = self._check_hidden(hidden)
         if hidden.shape[0] != cache.batch:
             raise ValueError(f"batch {hidden.shape[0]} does not match the cache's batch {cache.batch}")
@@ -222,10 +230,7 @@ class BlockSpan:
             raise ValueError("cache belongs to another span")
         self._check_padding(hidden, cache.length, attention_mask, position_ids)
         cache.begin_step(hidden.shape[1])
-        with torch.no_grad():
-            out = self._run(hidden, cache, block_outputs, attention_mask, position_ids)
-        cache.commit_step()
-        return out
+        return _committing(self.iter_blocks(hidden, cache, attention_mask, position_ids), cache)
 
     def backward(
         self,
@@ -268,3 +273,15 @@ class BlockSpan:
                 self._position_module, hidden, 0, {window}, attention_mask, position_ids
             )
             return self.arch.call_layer(self.layers[index - self.start], hidden, inputs, window, None)
+
+
+def _collect(blocks: Iterator[torch.Tensor], hidden: torch.Tensor, block_outputs: bool) -> SpanOutput:
+    """Run a span's blocks to the end: the last output, with every block's output if asked."""
+    outputs = list(blocks)
+    last = outputs[-1] if outputs else hidden
+    return (last, outputs) if block_outputs else last
+
+
+def _committing(blocks: Iterator[torch.Tensor], cache: SpanCache) -> Iterator[torch.Tensor]:
+    yield from blocks
+    cache.commit_step()

@@ -132,25 +132,32 @@ def test_operator_claims_what_the_ledger_settled(chain_env: SimpleNamespace, tmp
         ledger.stop()
 
 
-def test_restart_mid_anchoring_neither_skips_nor_repeats(chain_env: SimpleNamespace, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    manifest = small_manifest()
-    operator = Account.create()
-    node = Identity.generate()
-    # 1. Three epochs close while the chain is unreachable (no chain configured).
+def _close_epochs_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, node: Identity, manifest,  # type: ignore[no-untyped-def]
+                          epochs: int, receipts: int) -> dict[int, str]:
+    """Close `epochs` epochs of `receipts` receipts each on a ledger with no chain configured
+    (the node bound to a fresh EVM address); {epoch number: root}."""
     for var in ("COROLLA_LEDGER_CHAIN_RPC", "COROLLA_LEDGER_CHAIN_KEY_FILE", "COROLLA_LEDGER_CHAIN_ADDRESSES_FILE"):
         monkeypatch.delenv(var)
     offline = _ledger(tmp_path, "offline", None).start()
     try:
         offline.client().post("/v1/manifests", manifest.to_json())
-        offline.client(node).post("/v1/accounts/bind", make_binding(node, operator.key).to_json())
+        offline.client(node).post("/v1/accounts/bind", make_binding(node, Account.create().key).to_json())
         roots = {}
-        for _ in range(3):
-            _work(offline, node, manifest, 1)
+        for _ in range(epochs):
+            _work(offline, node, manifest, receipts)
             e = offline.close_epoch()
             roots[e["number"]] = e["root"]
     finally:
         offline.kill()
+    return roots
+
+
+def test_restart_mid_anchoring_neither_skips_nor_repeats(chain_env: SimpleNamespace, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest = small_manifest()
+    node = Identity.generate()
+    # 1. Three epochs close while the chain is unreachable (no chain configured).
+    roots = _close_epochs_offline(tmp_path, monkeypatch, node, manifest, epochs=3, receipts=1)
     numbers = sorted(roots)
 
     # 2. The first epoch's root reached the chain, but the process died before recording it.
@@ -218,18 +225,8 @@ def test_two_ledger_processes_racing_to_anchor_record_one_post(chain_env: Simple
     and both end with the same recorded transaction: the loser records the winner's post."""
     import threading
 
-    manifest = small_manifest()
-    node = Identity.generate()
-    for var in ("COROLLA_LEDGER_CHAIN_RPC", "COROLLA_LEDGER_CHAIN_KEY_FILE", "COROLLA_LEDGER_CHAIN_ADDRESSES_FILE"):
-        monkeypatch.delenv(var)
-    offline = _ledger(tmp_path, "offline", None).start()
-    try:
-        offline.client().post("/v1/manifests", manifest.to_json())
-        offline.client(node).post("/v1/accounts/bind", make_binding(node, Account.create().key).to_json())
-        _work(offline, node, manifest, 2)
-        number = offline.close_epoch()["number"]
-    finally:
-        offline.kill()
+    (number,) = _close_epochs_offline(tmp_path, monkeypatch, Identity.generate(),
+                                      small_manifest(), epochs=1, receipts=2)
     engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
     settings = SimpleNamespace(chain_rpc=chain_env.chain_rpc, chain_key_file=chain_env.chain_key_file,
                                chain_addresses_file=chain_env.chain_addresses_file)
