@@ -9,11 +9,21 @@ in odd ones), and the overheads are the medians of the per-round on/off ratios, 
 change from other processes between rounds cancels out. Hashing and signing costs per MB
 and per receipt come from benchmarks/receipts_hashing.py in the same run.
 
+Wall time on a shared 2-core machine is noisy (identical swarms differ by 5-18 %), so the
+run also accounts CPU time per process during every timed generation: the nanosecond
+run time of each thread (/proc/<pid>/task/*/schedstat) of the client (split into its
+generate thread, its event-loop thread, which also runs an inference session's receipt
+checks, the receipt book's checker thread when it has one, and the rest), its p2pd
+daemon, and each node with its p2pd daemon. The table shows CPU µs per generated token
+for each, receipts off vs on, summed over all rounds: that says where the cost of
+receipts is, independently of what else the machine was doing.
+
     .venv/bin/python benchmarks/receipts.py [--layers 8 --hidden 512 --tokens 64] [--json]
 
 With --json the last line is one JSON object with overhead_fraction (inference, on vs off)
-and forward_overhead_fraction (medians of per-round ratios), and the same from the medians
-of each swarm's timings (`*_of_medians`).
+and forward_overhead_fraction (medians of per-round ratios), the same from the medians
+of each swarm's timings (`*_of_medians`), and `cpu_us_per_token` ({"off"|"on": {part: µs}})
+with `cpu_overhead_fraction` (all parts' CPU on vs off).
 """
 
 from __future__ import annotations
@@ -38,7 +48,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=8, help="blocks of the benchmark Llama (default 8)")
     p.add_argument("--hidden", type=int, default=512, help="hidden size (default 512)")
     p.add_argument("--tokens", type=int, default=64, help="new tokens per generation (default 64)")
-    p.add_argument("--rounds", type=int, default=5, help="alternating timed rounds per swarm (median kept)")
+    p.add_argument("--rounds", type=int, default=10, help="alternating timed rounds per swarm (median kept)")
     p.add_argument("--batch", type=int, default=4, help="forward batch size (default 4)")
     p.add_argument("--seq", type=int, default=128, help="forward sequence length (default 128)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -46,7 +56,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def start_swarm(name: str, model: Path, layers: int, workdir: Path, stack: ExitStack,
-                with_keys: bool) -> list[str]:
+                with_keys: bool) -> tuple[list[str], list[int]]:
     from cli.demo import split_blocks, start_service, wait_ready
 
     dht = start_service(f"{name}-dht", ["dht"], workdir)
@@ -62,13 +72,76 @@ def start_swarm(name: str, model: Path, layers: int, workdir: Path, stack: ExitS
         nodes.append(node)
     for node in nodes:
         wait_ready(node)
-    return peers
+    return peers, [node.proc.pid for node in nodes]
 
 
-def timed(fn: Any) -> float:
+# ----- CPU accounting ---------------------------------------------------------------------
+
+
+def thread_cpu_ns(pid: int) -> dict[int, int]:
+    """Run time in ns of each live thread of `pid` (first field of /proc/<pid>/task/<tid>/schedstat)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            out[int(task.name)] = int((task / "schedstat").read_text().split()[0])
+    return out
+
+
+def children(pid: int) -> list[int]:
+    """Direct child processes of `pid` (a node's or a client's p2pd daemon)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+class CpuMeter:
+    """CPU ns per part of one swarm (client threads, client p2pd, nodes and their p2pd)."""
+
+    def __init__(self, client: Any, node_pids: list[int]):
+        import os
+        import threading
+
+        conn = client.swarm.conn
+        self.pid = os.getpid()
+        self.client_threads = {threading.main_thread().native_id: "client generate thread",
+                               conn._thread.native_id: "client event loop"}
+        book = client.swarm.receipts
+        for thread in getattr(getattr(book, "_checker", None), "_threads", ()):
+            self.client_threads[thread.native_id] = "client receipt checker"
+        self.processes = {"client p2pd": conn.dht.p2p._child.pid}
+        for i, pid in enumerate(node_pids):
+            self.processes[f"node{i}"] = pid
+            for child in children(pid):
+                self.processes[f"node{i} p2pd"] = child
+
+    def snapshot(self) -> dict[str, int]:
+        parts: dict[str, int] = {}
+        for tid, ns in thread_cpu_ns(self.pid).items():
+            label = self.client_threads.get(tid, "client other threads")
+            parts[label] = parts.get(label, 0) + ns
+        for label, pid in self.processes.items():
+            parts[label] = sum(thread_cpu_ns(pid).values())
+        return parts
+
+
+def cpu_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after}
+
+
+def timed(fn: Any, meter: CpuMeter | None = None, cpu: dict[str, int] | None = None) -> float:
+    """Wall seconds of fn(); with a meter, adds each part's CPU ns to `cpu`."""
+    before = meter.snapshot() if meter is not None else {}
     started = time.perf_counter()
     fn()
-    return time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    if meter is not None and cpu is not None:
+        for part, ns in cpu_delta(before, meter.snapshot()).items():
+            cpu[part] = cpu.get(part, 0) + ns
+    return elapsed
 
 
 def hashing_figures() -> dict[str, float]:
@@ -92,8 +165,8 @@ def main(argv: list[str]) -> int:
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         model = make_model("llama", workdir / "model", layers=args.layers, hidden=args.hidden, seed=0)
-        peers_off = start_swarm("off", model, args.layers, workdir, stack, with_keys=False)
-        peers_on = start_swarm("on", model, args.layers, workdir, stack, with_keys=True)
+        peers_off, pids_off = start_swarm("off", model, args.layers, workdir, stack, with_keys=False)
+        peers_on, pids_on = start_swarm("on", model, args.layers, workdir, stack, with_keys=True)
         Identity.load_or_create(workdir / "client.key")
         off = AutoDistributedModelForCausalLM.from_pretrained(str(model), initial_peers=peers_off)
         stack.callback(off.close)
@@ -105,14 +178,17 @@ def main(argv: list[str]) -> int:
         kw = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens, "do_sample": False}
         same = on.generate(ids, **kw).tolist() == off.generate(ids, **kw).tolist()  # also warms both up
         batch = torch.randint(3, 500, (args.batch, args.seq), generator=torch.Generator().manual_seed(1))
-        gen = {"on": [], "off": []}
-        fwd = {"on": [], "off": []}
+        gen: dict[str, list[float]] = {"on": [], "off": []}
+        fwd: dict[str, list[float]] = {"on": [], "off": []}
+        meters = {"off": CpuMeter(off, pids_off), "on": CpuMeter(on, pids_on)}
+        cpu: dict[str, dict[str, int]] = {"off": {}, "on": {}}
         with torch.no_grad():
             on(batch), off(batch)
             for r in range(args.rounds):
                 pair = (("off", off), ("on", on)) if r % 2 == 0 else (("on", on), ("off", off))
                 for name, client in pair:
-                    gen[name].append(timed(lambda c=client: c.generate(ids, **kw)) / args.tokens)
+                    gen[name].append(timed(lambda c=client: c.generate(ids, **kw), meters[name], cpu[name])
+                                     / args.tokens)
                 for name, client in pair:
                     fwd[name].append(timed(lambda c=client: c(batch)))
         receipts_held = len(on.swarm.receipts.receipts)
@@ -122,6 +198,11 @@ def main(argv: list[str]) -> int:
     gen_ratio = statistics.median(on / off for on, off in zip(gen["on"], gen["off"], strict=True))
     fwd_ratio = statistics.median(on / off for on, off in zip(fwd["on"], fwd["off"], strict=True))
     tokens = args.batch * args.seq
+    generated = args.rounds * args.tokens
+    parts = list(cpu["on"])
+    cpu_us = {side: {part: round(cpu[side].get(part, 0) / generated / 1e3, 1) for part in parts}
+              for side in ("off", "on")}
+    cpu_total = {side: sum(cpu[side].values()) / generated / 1e3 for side in ("off", "on")}
     hashing = hashing_figures()
     result = {
         "model": f"llama {args.layers}x{args.hidden}", "hops": 2,
@@ -131,6 +212,7 @@ def main(argv: list[str]) -> int:
         "forward_tokens_per_s_off": round(tokens / fwd_off, 1), "forward_tokens_per_s_on": round(tokens / fwd_on, 1),
         "forward_overhead_fraction": round(fwd_ratio - 1, 4),
         "forward_overhead_fraction_of_medians": round(fwd_on / fwd_off - 1, 4),
+        "cpu_us_per_token": cpu_us, "cpu_overhead_fraction": round(cpu_total["on"] / cpu_total["off"] - 1, 4),
         "receipts_checked_by_client": receipts_held, "outputs_identical": same,
         "blake3_mb_per_s": round(hashing["blake3_mb_per_s"], 1),
         "sha256_mb_per_s": round(hashing["sha256_mb_per_s"], 1),
@@ -143,6 +225,15 @@ def main(argv: list[str]) -> int:
     print(f"{f'forward {args.batch}x{args.seq} (tokens/s)':32} {tokens / fwd_off:>12.0f} {tokens / fwd_on:>12.0f} "
           f"{result['forward_overhead_fraction']:>9.1%}")
     print(f"(overhead = median over {args.rounds} rounds of on/off, each round timing both back to back)")
+    print(f"{'generation rounds on/off':32} " + " ".join(f"{a / b:.3f}" for a, b in zip(gen["on"], gen["off"],
+                                                                                     strict=True)))
+    print(f"\nCPU time per generated token (µs, sum over {args.rounds} rounds of {args.tokens} tokens)")
+    print(f"{'':32} {'off':>12} {'on':>12} {'on - off':>9}")
+    for part in parts:
+        a, b = cpu_us["off"][part], cpu_us["on"][part]
+        print(f"{part:32} {a:>12.1f} {b:>12.1f} {b - a:>9.1f}")
+    print(f"{'all':32} {cpu_total['off']:>12.1f} {cpu_total['on']:>12.1f} "
+          f"{cpu_total['on'] - cpu_total['off']:>9.1f}  ({result['cpu_overhead_fraction']:.1%})")
     print(f"hashing: blake3 {result['blake3_mb_per_s']:.0f} MB/s, sha256 {result['sha256_mb_per_s']:.0f} MB/s; "
           f"Ed25519 sign {result['sign_us_per_receipt']} µs, verify {result['verify_us_per_receipt']} µs per receipt")
     print(f"client verified and counter-signed {receipts_held} receipts; outputs identical: {same}")

@@ -6,8 +6,9 @@ second); the detection rate is the share judged FAIL. A node that cheats on ever
 and is sampled at rate s is caught after 1 / (s × rate) receipts on average. The honest
 node's FAIL share is the false-positive rate. Cost: verifier CPU seconds per challenged
 receipt over the node's CPU seconds per receipt, times the sampling rate (5 %). Decode
-steps are costed per way of recomputing their prefix (`inference_figures`), and nodes
-announcing bfloat16 are scored apart (`bfloat16_claims`: int8 there is a known limit).
+steps are costed per way of recomputing their prefix (`inference_figures`) and per way
+of choosing the sampled steps' blocks (`sampled_session_figures`), and nodes
+announcing bfloat16 are scored apart (`bfloat16_claims`: int8 there needs verifier/precision.py).
 
     .venv/bin/python benchmarks/verifier.py [--challenges 40] [--honest 300] [--json]
 """
@@ -39,10 +40,21 @@ from tests.adversaries.work import (  # noqa: E402
     SkipBlockNode,
 )
 from verifier.judge import judge_openings, judge_receipt_only  # noqa: E402
-from verifier.recompute import BlockLoader  # noqa: E402
+from verifier.recompute import BlockLoader, extend_session_rows  # noqa: E402
+from verifier.sampling import challenged_block, session_block  # noqa: E402
 from verifier.tolerance import Thresholds  # noqa: E402
 
 RATES = (0.01, 0.05, 0.20)
+SESSION_SCHEMES = {  # sampled_session_figures: how the sampled steps' blocks are chosen and computed
+    "per_session": "one block per session, rows at once where narrow (the service)",
+    "per_session_extended": "one block per session, prefix extended check by check",
+    "per_receipt": "one block per receipt, prefix held per block (before)",
+}
+SESSION_KEYS = {
+    "per_session": "cost_fraction_sampled_sessions",
+    "per_session_extended": "cost_fraction_sampled_sessions_prefix_extended",
+    "per_receipt": "cost_fraction_sampled_sessions_per_receipt_block",
+}
 
 
 def make_nodes(model: Path, other: Path, layers: int) -> tuple[dict[str, HonestNode], HonestNode, HonestNode]:
@@ -150,11 +162,17 @@ def bfloat16_claims(
     loader: BlockLoader,
     th: Thresholds,
     rng: random.Random,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, float]]:
     """FAIL share of nodes announcing bfloat16: quantized cheaters, and the honest bf16 node
-    (its false-positive rate). Both hops compute in bfloat16 so the chain hashes match."""
+    (its false-positive rate). Both hops compute in bfloat16 so the chain hashes match.
+    Also the cost fraction (5 % sampling) of the honest bf16 node's checks with and without
+    the lower-precision test (verifier/precision.py: one more block recompute)."""
+    from dataclasses import replace
+
+    from verifier.precision import simulated_block
+
     if args.bf16_challenges <= 0:
-        return {}
+        return {}, {}
     half = args.layers // 2
     nxt = HonestNode(model, half, args.layers, dtype=torch.bfloat16)
     nodes = {
@@ -162,14 +180,26 @@ def bfloat16_claims(
         "nf4": QuantizedNode(model, 0, half, quantize="nf4", dtype=torch.bfloat16),
         "honest": HonestNode(model, 0, half, dtype=torch.bfloat16),
     }
-    return {
-        name: sum(
-            challenge(node, nxt, client, loader, th, [], rng, args.hidden)[0]
+    for block in range(half):  # loads are not what a check costs
+        loader.block(block, torch.bfloat16)
+        simulated_block(loader, block, torch.bfloat16)
+    plain = Thresholds(
+        entries={k: replace(t, precision_bound=0.0) for k, t in th.entries.items()}, metric=th.metric
+    )
+    rates, costs = {}, {}
+    for name, node in nodes.items():
+        runs = [
+            challenge(node, nxt, client, loader, th, [], rng, args.hidden)
             for _ in range(args.bf16_challenges)
-        )
-        / args.bf16_challenges
-        for name, node in nodes.items()
-    }
+        ]
+        rates[name] = sum(r[0] for r in runs) / args.bf16_challenges
+    for label, thresholds in (("with_precision_test", th), ("without_precision_test", plain)):
+        runs = [
+            challenge(nodes["honest"], nxt, client, loader, thresholds, [], rng, args.hidden)
+            for _ in range(args.bf16_challenges)
+        ]
+        costs[label] = 0.05 * sum(r[2] for r in runs) / sum(r[1] for r in runs)
+    return rates, costs
 
 
 def _load(loader: BlockLoader, node: HonestNode) -> None:
@@ -252,6 +282,65 @@ def inference_figures(
     return out
 
 
+def sampled_session_figures(
+    model: Path, client: Client, th: Thresholds, args: argparse.Namespace
+) -> dict[str, tuple[float, int]]:
+    """Decode-step cost at 5 % sampling as the service checks it, per way of choosing blocks:
+    name -> (verifier CPU / all the node's CPU, checks).
+
+    `args.sampled_sessions` sessions of a `args.prompt`-position prompt and 64 one-position
+    steps; each step sampled with probability 0.05. After the session, its sampled steps
+    are checked in step order, once per scheme on the same openings, each scheme with its
+    own loader (prefix keys/values held per (node, session, block), as in the service):
+    "per_session" opens every sampled step at the session's block (`session_block`, the
+    service's scheme: all opened first, and on a narrow model the block's rows for all of
+    them computed in one layer call, `extend_session_rows`); "per_session_extended" the
+    same block, each check extending the prefix keys/values of the one before;
+    "per_receipt" at each receipt's own block (`challenged_block`, the scheme before).
+    Which scheme goes first rotates by session. Verifier time is the node's `open` plus `judge_openings`;
+    node time is every `call` of the session.
+    """
+    from protocol.receipts import Kind
+
+    if args.sampled_sessions <= 0:
+        return {}
+    rng = random.Random(args.seed + 2)
+    secret = rng.randbytes(32)
+    node = HonestNode(model, 0, args.layers // 2)
+    loaders = {name: BlockLoader(model, capacity=args.layers) for name in SESSION_SCHEMES}
+    pick = {
+        "per_session": session_block,
+        "per_session_extended": session_block,
+        "per_receipt": challenged_block,
+    }
+    for loader in loaders.values():
+        _load(loader, node)
+    node_s, verify_s, checks = 0.0, dict.fromkeys(loaders, 0.0), 0
+    for n in range(args.sampled_sessions):
+        session, sampled = rng.randbytes(16), []
+        for step in range(65):
+            x = torch.randn(1, args.prompt if step == 0 else 1, args.hidden) * 0.02
+            t0 = time.process_time()
+            d = node.call(client.identity, x, kind=Kind.INFERENCE, session_id=session, step=step)
+            node_s += time.process_time() - t0
+            if step > 0 and rng.random() < 0.05:
+                sampled.append(client.receive(d))
+        checks += len(sampled)
+        for name in list(loaders)[n % 3 :] + list(loaders)[: n % 3]:  # each goes first in turn
+            t1 = time.process_time()
+            opened = [node.open(signed.id, pick[name](secret, signed.receipt)) for signed in sampled]
+            if name == "per_session" and len(opened) > 1:  # as Verifier._open_session does
+                first = min(int(op.inputs.shape[1] - op.output.shape[1]) for op in opened)
+                key = node.identity.public_key + session
+                extend_session_rows(
+                    loaders[name], opened[0].block, opened[-1].inputs, first, len(opened), session=key
+                )
+            for signed, openings in zip(sampled, opened, strict=True):
+                judge_openings(signed.receipt, openings, loaders[name], th)
+            verify_s[name] += time.process_time() - t1
+    return {name: (spent / node_s, checks) for name, spent in verify_s.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--challenges", type=int, default=40, help="challenged receipts per adversary")
@@ -303,12 +392,13 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(args.challenges)
             )
             detection[name] = caught / args.challenges
-        bf16 = bfloat16_claims(model, args, client, loader, th, rng)
+        bf16, bf16_cost = bfloat16_claims(model, args, client, loader, th, rng)
         seen, fails, node_s, verify_s = [], 0, 0.0, 0.0
         for _ in range(args.honest):
             failed, ns, vs = challenge(honest, nxt, client, loader, th, seen, rng, args.hidden)
             fails, node_s, verify_s = fails + failed, node_s + ns, verify_s + vs
         inference = inference_figures(model, client, th, args, rng)
+        sessions = sampled_session_figures(model, client, th, args)
     fp_rate = fails / args.honest
     cost_fraction = 0.05 * verify_s / node_s
     print(
@@ -325,8 +415,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"honest: {fails} false failures in {args.honest} checks (rate {fp_rate:.4f})")
     if bf16:
         print(
-            f"announcing bfloat16 ({args.bf16_challenges} receipts each; known limit: int8 is within bf16 rounding): "
+            f"announcing bfloat16 ({args.bf16_challenges} receipts each; int8 caught by the lower-precision test): "
             + ", ".join(f"{name} {rate:.3f}" for name, rate in bf16.items())
+            + "; cost of honest bf16 checks at 5 %: "
+            + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in bf16_cost.items())
         )
     print(
         f"cost: verifier {verify_s / args.honest * 1e3:.2f} ms CPU per check, node {node_s / args.honest * 1e3:.2f} ms "
@@ -340,6 +432,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, (ratio, checks, label) in inference.items():
         scaled = ratio if name.startswith("sampled") else 0.05 * ratio
         print(f"  {label:66} {ratio:6.3f} ({checks} checks) -> {scaled:.4f} at 5 %")
+    if sessions:
+        print(
+            f"5 % of the steps of {args.sampled_sessions} 64-step sessions, checked after each session in step "
+            "order (the same steps every way): verifier / node CPU"
+        )
+        for name, label in SESSION_SCHEMES.items():
+            ratio, checks = sessions[name]
+            print(f"  {label:66} {ratio:6.4f} ({checks} checks)")
     if args.json:
         print(
             json.dumps(
@@ -347,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
                     "detection_rate": detection,
                     "detection_rate_claiming_bfloat16": {k: v for k, v in bf16.items() if k != "honest"},
                     "false_positive_rate_bfloat16": bf16.get("honest"),
+                    "cost_fraction_bfloat16": bf16_cost,
                     "false_positive_rate": fp_rate,
                     "cost_fraction": cost_fraction,
                     **{
@@ -355,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
                         )
                         for name, (ratio, _, _) in inference.items()
                     },
+                    **{SESSION_KEYS[name]: ratio for name, (ratio, _) in sessions.items()},
                     "expected_receipts_to_detection": {
                         n: {str(r): (1 / (r * d) if d else None) for r in RATES} for n, d in detection.items()
                     },

@@ -6,8 +6,11 @@ the same blocks is opened and the stored inputs are replayed through it before t
 current step continues, so the replacement's cache is exactly what the failed node's was
 (correct by construction: nothing is recomputed from outputs we did not keep).
 
-With an identity, each step's receipts are verified and counter-signed on the receipt
-book's checker thread while the next hops and steps compute. Before a node gets its next
+With an identity, each step's receipts are verified and counter-signed while the next hops
+and steps compute: a hop's check is held until the next request (the next hop's, or the
+next step's first) is written, then runs on the event-loop thread while that node computes
+(ReceiptBook.release(inline=True)), so it never competes for the GIL, or a core, with the
+client forwarding an output. Before a node gets its next
 step, the receipts of its earlier steps must have passed (they normally have by then), and
 their counter-signatures travel in the same write as that step; a node whose receipt
 failed is treated as failed there, one step late, like any other failure. `close()` (the
@@ -28,7 +31,7 @@ from client.remote_calls import CallResult, NodeFailure, SpanSession, new_sessio
 from client.swarm_context import SwarmContext
 from protocol.receipts import Kind, SignedReceipt
 
-PendingReceipt = Future[SignedReceipt]  # a receipt on the receipt book's checker thread
+PendingReceipt = Future[SignedReceipt]  # a receipt held or being checked by the receipt book
 
 logger = logging.getLogger("corolla.client")
 
@@ -118,15 +121,17 @@ class InferenceSession:
     async def _run_span(self, span: SpanSession, x: torch.Tensor, timeout: float,
                         previous: PendingReceipt | None) -> tuple[CallResult, PendingReceipt | None]:
         """One step on one node, once its earlier receipts passed; with an identity, its receipt
-        goes to the checker thread (chained to `previous`, the hop before in this step)."""
-        await span.settle_receipts()
-        result = await span.step(x, self.steps, timeout)
-        self.swarm.observe(span.meta, result.response)
+        is held by the receipt book (chained to `previous`, the hop before in this step) and
+        checked once the next request is sent."""
         book = self.swarm.receipts
+        release = None if book is None else book.release_inline
+        await span.settle_receipts(release)
+        result = await span.step(x, self.steps, timeout, after_send=release)
+        self.swarm.observe(span.meta, result.response)
         if book is None:
             return result, None
         pending = book.submit(span.ann, span.meta, Kind.INFERENCE, self.steps,
-                              request_ref_for_step(self.session_id, self.steps), result, previous)
+                              request_ref_for_step(self.session_id, self.steps), result, previous, hold=True)
         span.unchecked.append(pending)
         return result, pending
 
@@ -158,9 +163,10 @@ class InferenceSession:
     async def _close_all(self, spans: list[SpanSession]) -> None:
         """Close after the spans' receipts are checked: their acks go with `close`; a node whose
         receipt failed is banned (its outputs were delivered already, nothing to redo)."""
+        book = self.swarm.receipts
         for span in spans:
             try:
-                await span.settle_receipts()
+                await span.settle_receipts(None if book is None else book.release_inline)
             except NodeFailure as failure:
                 self.swarm.fail(failure)
             await span.close()

@@ -10,6 +10,11 @@ receipt (its output hash is this receipt's input hash). Anything else is a fault
 `verify` checks at once; `submit` checks on the book's one checker thread, in submission
 order, so an inference step hands its output on while the receipt is checked (the
 session waits for the verdict before the node's next step: see client/inference_session.py).
+`submit(..., hold=True)` only records the check; `release()` starts the held checks on the
+checker thread, `release(inline=True)` runs them at once in the caller's thread. An
+inference session releases them inline on its event-loop thread right after it has sent
+the next request: the loop has nothing else to do while that node computes, and the check
+then costs no thread hand-off and no contention for the GIL on the critical path.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from client.remote_calls import CallResult, NodeFailure
 from protocol.dht_keys import NodeAnnouncement
@@ -45,6 +51,7 @@ class ReceiptBook:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _checker: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="corolla-receipts"))
+    _held: list[tuple[Future[SignedReceipt], tuple[Any, ...]]] = field(default_factory=list)
 
     @classmethod
     def from_key_file(cls, path: str) -> ReceiptBook:
@@ -91,13 +98,50 @@ class ReceiptBook:
         return countersigned
 
     def submit(self, ann: NodeAnnouncement, meta: RequestMeta, kind: Kind, step: int, request_ref: bytes,
-               result: CallResult, previous: Future[SignedReceipt] | SignedReceipt | None) -> Future[SignedReceipt]:
+               result: CallResult, previous: Future[SignedReceipt] | SignedReceipt | None, *,
+               hold: bool = False) -> Future[SignedReceipt]:
         """`verify` in the background: a future of the counter-signed receipt, or of NodeFailure.
 
         `previous` may itself be a submitted receipt: it was submitted earlier, so the checker
         thread has settled it by then (the chain is not checked against a rejected receipt).
+        With `hold`, the check starts at the next `release()` (or unheld `submit`); whoever
+        waits for the future must make sure that comes.
         """
-        return self._checker.submit(self._verify_chained, ann, meta, kind, step, request_ref, result, previous)
+        args = (ann, meta, kind, step, request_ref, result, previous)
+        future: Future[SignedReceipt] = Future()
+        with self._lock:
+            self._held.append((future, args))
+        if not hold:
+            self.release()
+        return future
+
+    def release(self, inline: bool = False) -> None:
+        """Start the held checks on the checker thread, in the order they were submitted; with
+        `inline`, run them now in this thread (their futures are settled on return).
+
+        Inline checks must not overlap the checker thread's (chaining reads the previous
+        check's result): a book is used either with inline releases only (an inference
+        session) or without them."""
+        with self._lock:
+            held, self._held = self._held, []
+            if not inline:
+                for future, args in held:  # under the lock: submission order is checking order
+                    self._checker.submit(self._run, future, args)
+                return
+        for future, args in held:
+            self._run(future, args)
+
+    def release_inline(self) -> None:
+        """`release(inline=True)`."""
+        self.release(inline=True)
+
+    def _run(self, future: Future[SignedReceipt], args: tuple[Any, ...]) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(self._verify_chained(*args))
+        except BaseException as exc:  # NodeFailure for an invalid receipt, handed to the waiter
+            future.set_exception(exc)
 
     def _verify_chained(self, ann: NodeAnnouncement, meta: RequestMeta, kind: Kind, step: int, request_ref: bytes,
                         result: CallResult, previous: Future[SignedReceipt] | SignedReceipt | None) -> SignedReceipt:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,8 +122,9 @@ class SpanSession:
 
         await _guarded(self.ann, _open(), timeout)
 
-    async def step(self, hidden: torch.Tensor, step: int, timeout: float, extra: dict[str, Any] | None = None
-                   ) -> CallResult:
+    async def step(self, hidden: torch.Tensor, step: int, timeout: float, extra: dict[str, Any] | None = None,
+                   after_send: Callable[[], None] | None = None) -> CallResult:
+        """One step; `after_send()` runs once the request is written, while the node computes."""
         assert self._reader is not None and self._writer is not None, "session not opened"
         wire = tensor_to_wire(hidden)
         started = time.perf_counter()
@@ -131,6 +133,8 @@ class SpanSession:
             assert self._reader is not None and self._writer is not None
             step_frame = Frame("step", {"step": step, **(extra or {})}, [wire])
             await _write_frames(self._writer, [*self._ack_frames(), step_frame])  # acks ride along
+            if after_send is not None:
+                after_send()
             return await read_frame(self._reader)
 
         reply = _check_reply(self.ann, await _guarded(self.ann, _roundtrip(), timeout))
@@ -141,11 +145,14 @@ class SpanSession:
         return CallResult(tensor_from_wire(reply.tensors[0]), ResponseMeta.from_meta(reply.meta), wire,
                           reply.tensors[0], elapsed)
 
-    async def settle_receipts(self) -> None:
+    async def settle_receipts(self, release: Callable[[], None] | None = None) -> None:
         """Wait until the receipts of earlier steps are verified (normally they are by now) and
         queue their counter-signatures for the next frame; then raise the first failure
-        (NodeFailure for an invalid receipt)."""
+        (NodeFailure for an invalid receipt). `release()` starts held checks (ReceiptBook)
+        before waiting, when one of ours is not done yet."""
         failure = None
+        if release is not None and any(not pending.done() for pending in self.unchecked):
+            release()
         while self.unchecked:
             pending = self.unchecked.pop(0)
             try:

@@ -201,7 +201,11 @@ class BlockServer:
                      decision: TicketDecision = FREE) -> None:
         response = ResponseMeta(receipt=receipt or b"", compute_ms=(time.perf_counter() - started) * 1e3,
                                 notice=decision.message)
-        await write_frame(writer, Frame("result", response.to_meta(), [tensor_to_wire(out)]))
+        try:
+            await write_frame(writer, Frame("result", response.to_meta(), [tensor_to_wire(out)]))
+        finally:
+            if self.receipts is not None:
+                self.receipts.replied()  # the outbox writer stores the receipt now, off the reply's path
         self.requests_served += 1
 
     # ----- inference sessions ----------------------------------------------------------
@@ -231,6 +235,8 @@ class BlockServer:
                         batch, max_length)
             await self._session_loop(reader, writer, meta, cache, state)
         finally:
+            if self.receipts is not None:
+                self.receipts.replied()  # acks that came with `close` (or before a failure)
             self.open_sessions -= 1
             self.budget.release(session_id)
             logger.info("session %s closed", session_id.hex()[:8])
@@ -245,9 +251,9 @@ class BlockServer:
                 raise WireError(ErrorCode.NOT_FOUND, "session closed after being idle too long") from None
             if frame.kind == "close":
                 return
-            if frame.kind == "ack":
+            if frame.kind == "ack":  # rides with the next step: stored after that step's reply
                 if self.receipts is not None:
-                    self.receipts.queue_ack(frame.meta)
+                    self.receipts.queue_ack(frame.meta, hold=True)
                 continue
             if frame.kind != "step" or len(frame.tensors) != 1:
                 raise WireError(ErrorCode.BAD_REQUEST, f"expected a step frame with one tensor, got {frame.kind!r}")

@@ -16,7 +16,10 @@ re-shipping are idempotent.
 checks the acks and stores whatever was queued meanwhile in one transaction (group commit),
 in queue order, so a receipt is always stored before an ack for it. `flush()` says when
 everything queued so far is durable; the node waits for it before it answers an `ack` RPC
-(see node/receipt_signing.py).
+(see node/receipt_signing.py). A receipt signed on the compute thread, and the acks that
+arrive with an inference step, are *held* until the reply of the step has been written
+(`release()`), so the writer thread does not wake up, and take the GIL, while the node
+computes or its reply is on its way.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -309,30 +313,60 @@ class OutboxWriter:
         self.unknown_acks = 0  # acks for receipts this node does not have
         self.bad_acks = 0  # acks whose signature does not verify
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._held: deque[tuple[str, Any]] = deque()  # queued with hold=True, not yet released
+        self._order = threading.Lock()  # held receipts enter the queue before whatever follows them
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="corolla-outbox", daemon=True)
         self._thread.start()
 
-    def append(self, signed: SignedReceipt) -> None:
-        """Queue a signed receipt."""
-        self._queue.put(("receipt", signed))
+    def append(self, signed: SignedReceipt, *, hold: bool = False) -> None:
+        """Queue a signed receipt. With `hold`, it waits without waking the writer thread until
+        `release()` (or the next `append`, `attach`, `flush` or `close`, which release first)."""
+        if hold:
+            self._held.append(("receipt", signed))
+        else:
+            self._put("receipt", signed)
 
-    def attach(self, receipt_id: bytes, signature: bytes) -> None:
-        """Queue a client counter-signature (checked before it is stored, after its receipt)."""
-        self._queue.put(("ack", (bytes(receipt_id), bytes(signature))))
+    def release(self) -> None:
+        """Queue the held receipts and acks, in the order they came."""
+        if self._held:
+            with self._order:
+                self._release_held()
+
+    def attach(self, receipt_id: bytes, signature: bytes, *, hold: bool = False) -> None:
+        """Queue a client counter-signature (checked before it is stored, after its receipt);
+        `hold` as for `append`."""
+        item = (bytes(receipt_id), bytes(signature))
+        if hold:
+            self._held.append(("ack", item))
+        else:
+            self._put("ack", item)
 
     def flush(self) -> Future[None]:
         """A future that resolves once everything queued before this call is stored (durable)."""
         done: Future[None] = Future()
-        self._queue.put(("flush", done))
+        self._put("flush", done)
         return done
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Store everything queued, then stop the thread (the outbox stays open)."""
         if self._thread.is_alive():
             self._closing.set()
-            self._queue.put(("stop", None))
+            self._put("stop", None)
             self._thread.join(timeout)
+
+    def _put(self, kind: str, value: Any) -> None:
+        with self._order:
+            self._release_held()
+            self._queue.put((kind, value))
+
+    def _release_held(self) -> None:
+        while True:
+            try:
+                item = self._held.popleft()
+            except IndexError:
+                return
+            self._queue.put(item)
 
     # ----- the writer thread --------------------------------------------------------------
 

@@ -4,7 +4,8 @@ For each step the node commits to the input it received (digest of the wire tens
 output it sends (digest of the wire tensor) and a Merkle root over its blocks' outputs,
 signs the receipt and keeps what a challenge needs (node/openings.py); that is all the
 work between compute and reply. The receipt goes to the outbox through its group-commit
-writer (node/receipt_outbox.py), which stores it moments after the reply left. Client
+writer (node/receipt_outbox.py), held until the block server has written the reply
+(`replied()`), and stored moments later. Client
 counter-signatures arrive as `ack` frames (a session's ride with its next step; forward
 and backward ones come by the `ack` RPC) and queue behind their receipts on the writer,
 which checks them (Ed25519) after that step's reply has left: a receipt is durable before
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from node.openings import RetentionStore, SessionRecord, StepRecord
+from node.openings import RawTensor, RetentionStore, SessionRecord, StepRecord, raw_with_digest
 from node.receipt_outbox import OutboxWriter, ReceiptOutbox, default_outbox_path
 from node.ticket_check import FREE, TicketDecision
 from protocol.hashing import digest, tensor_digest_raw
@@ -44,6 +45,22 @@ def request_ref_for_step(session_id: bytes, step: int) -> bytes:
 
 def wire_digest(wire: WireTensor) -> bytes:
     return tensor_digest_raw(wire.dtype, tuple(wire.shape), wire.data)
+
+
+def _step_record(hidden: torch.Tensor, per_block: list[torch.Tensor]) -> StepRecord:
+    """What retention keeps of a step, and its Merkle leaves: each block output's bytes are
+    read once, hashed and copied (node/openings.py)."""
+    blocks, leaves = [], []
+    for output in per_block:
+        raw, leaf = raw_with_digest(output)
+        blocks.append(raw)
+        leaves.append(leaf)
+    return StepRecord(RawTensor.of(hidden), blocks, leaves)
+
+
+def _output_hash(out: torch.Tensor, per_block: list[torch.Tensor], record: StepRecord) -> bytes:
+    """The last block's output is the span's output: its leaf is the output hash (hashed once)."""
+    return record.leaves[-1] if per_block and out is per_block[-1] else tensor_digest(out)
 
 
 def _bytes32(value: bytes) -> bytes:
@@ -114,21 +131,28 @@ class ReceiptSigner:
             timestamp_ms=int(time.time() * 1000),
             ticket_id=decision.ticket_id if decision.paid else ZERO32, price=decision.charge if decision.paid else 0)
         signed = receipt.sign(self.identity)
-        self.writer.append(signed)  # stored by the writer thread, before any ack of it
+        # stored by the writer thread, before any ack of it; held (the writer thread sleeps on)
+        # until the reply carrying it is written: see replied()
+        self.writer.append(signed, hold=True)
         return signed
+
+    def replied(self) -> None:
+        """The reply of a step is written (or failed), or a session ended: let the writer store
+        what was held (receipts, acks)."""
+        self.writer.release()
 
     def sign_call(self, kind_name: str, meta: RequestMeta, input_wire: WireTensor, out: torch.Tensor,
                   per_block: list[torch.Tensor], hidden: torch.Tensor, decision: TicketDecision = FREE) -> bytes:
         """Forward: commit to the received input, the output and every block's output."""
-        output_hash = tensor_digest(out)
-        leaves = [output_hash if o is out else tensor_digest(o) for o in per_block]
+        record = _step_record(hidden, per_block)
         session_id = meta.session_id if len(meta.session_id) == 16 else os.urandom(16)
         batch, length = hidden.shape[0], hidden.shape[1]
         signed = self._sign(Kind.FORWARD, meta, session_id, meta.step, batch, batch * length,
-                            wire_digest(input_wire), output_hash, leaves, meta.request_ref, decision)
-        record = SessionRecord()
-        record.steps.append(StepRecord(hidden, per_block, leaves))
-        self.retention.add(signed, record, 0)
+                            wire_digest(input_wire), _output_hash(out, per_block, record), record.leaves,
+                            meta.request_ref, decision)
+        session = SessionRecord()
+        session.steps.append(record)
+        self.retention.add(signed, session, 0)
         return signed.to_bytes()
 
     def sign_backward(self, meta: RequestMeta, grad_wire: WireTensor, grad_in: torch.Tensor,
@@ -136,14 +160,15 @@ class ReceiptSigner:
         """Backward: input = incoming output gradient, output = input gradient, root = forward blocks."""
         with torch.inference_mode():
             _, per_block = self.span.forward(hidden, block_outputs=True)
-        leaves = [tensor_digest(o) for o in per_block]
+        record = _step_record(hidden, per_block)
         session_id = meta.session_id if len(meta.session_id) == 16 else os.urandom(16)
         batch, length = hidden.shape[0], hidden.shape[1]
         signed = self._sign(Kind.BACKWARD, meta, session_id, meta.step, batch, batch * length,
-                            wire_digest(grad_wire), tensor_digest(grad_in), leaves, meta.request_ref, decision)
-        record = SessionRecord()
-        record.steps.append(StepRecord(hidden, per_block, leaves))
-        self.retention.add(signed, record, 0)
+                            wire_digest(grad_wire), tensor_digest(grad_in), record.leaves, meta.request_ref,
+                            decision)
+        session = SessionRecord()
+        session.steps.append(record)
+        self.retention.add(signed, session, 0)
         return signed.to_bytes()
 
     def new_session(self, meta: RequestMeta, batch: int, max_length: int) -> SessionState:
@@ -152,27 +177,27 @@ class ReceiptSigner:
 
     def sign_step(self, state: SessionState, frame: Frame, hidden: torch.Tensor, out: torch.Tensor,
                   per_block: list[torch.Tensor], step: int, decision: TicketDecision = FREE) -> bytes:
-        output_hash = tensor_digest(out)
-        # the last block's output is the span's output: hash it once
-        leaves = [output_hash if o is out else tensor_digest(o) for o in per_block]
+        record = _step_record(hidden, per_block)
         batch, new = hidden.shape[0], hidden.shape[1]
         ref = frame.meta.get("request_ref") or request_ref_for_step(state.session_id, step)
         signed = self._sign(Kind.INFERENCE, state.meta, state.session_id, step, batch, batch * new,
-                            wire_digest(frame.tensors[0]), output_hash, leaves, bytes(ref), decision)
-        state.record.steps.append(StepRecord(hidden, per_block, leaves))
+                            wire_digest(frame.tensors[0]), _output_hash(out, per_block, record), record.leaves,
+                            bytes(ref), decision)
+        state.record.steps.append(record)
         self.retention.add(signed, state.record, len(state.record.steps) - 1)
         return signed.to_bytes()
 
     # ----- acknowledgements (event loop) -------------------------------------------------
 
-    def queue_ack(self, meta: dict[str, Any]) -> None:
+    def queue_ack(self, meta: dict[str, Any], *, hold: bool = False) -> None:
         """Queue client counter-signatures [(receipt_id, signature), ...] for the writer, which
-        checks and stores them after their receipts (malformed entries are ignored)."""
+        checks and stores them after their receipts (malformed entries are ignored). With
+        `hold` (acks riding with an inference step) they wait for the step's `replied()`."""
         acks = meta.get("acks")
         for entry in acks if isinstance(acks, list) else []:
             try:
                 receipt_id, signature = entry
-                self.writer.attach(bytes(receipt_id), bytes(signature))
+                self.writer.attach(bytes(receipt_id), bytes(signature), hold=hold)
             except (TypeError, ValueError):
                 self.writer.bad_acks += 1
 

@@ -24,6 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from protocol.sodium import sodium_sign_detached as _sodium_sign
 from protocol.sodium import sodium_verify_detached as _sodium_verify
 
 PUBLIC_KEY_SIZE = 32
@@ -44,13 +45,15 @@ def default_key_path() -> Path:
 class Identity:
     """An Ed25519 signing key. `public_key` (32 raw bytes) is the party's name everywhere."""
 
-    __slots__ = ("_private", "public_key", "binding_json")
+    __slots__ = ("_private", "_sodium_key", "public_key", "binding_json")
 
     def __init__(self, private_key: Ed25519PrivateKey, binding_json: dict[str, Any] | None = None):
         self._private = private_key
         self.public_key: bytes = private_key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
+        # libsodium's secret key form (seed || public key), when libsodium signs for us
+        self._sodium_key = self.private_bytes() + self.public_key if _sodium_sign is not None else b""
         # The EVM binding, if the key file carries one (protocol.binding.Binding.to_json()).
         self.binding_json = binding_json
 
@@ -70,7 +73,14 @@ class Identity:
         return self.public_key.hex()
 
     def sign(self, message: bytes) -> bytes:
-        """64-byte Ed25519 signature of `message`."""
+        """64-byte Ed25519 signature of `message` (libsodium when present, without the GIL;
+        the same bytes as `cryptography`'s: Ed25519 is deterministic)."""
+        if _sodium_sign is not None and type(message) is bytes:
+            return _sodium_sign(self._sodium_key, message)
+        return self._private.sign(message)
+
+    def sign_openssl(self, message: bytes) -> bytes:
+        """`sign` through `cryptography` only (the reference the libsodium path is tested against)."""
         return self._private.sign(message)
 
     def private_bytes(self) -> bytes:

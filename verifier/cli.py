@@ -48,7 +48,25 @@ def _run_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--poll", type=float, default=2.0, help="seconds between polls of the ledger when idle")
     p.add_argument("--batch", type=int, default=50, help="receipts pulled from the ledger per poll")
-    p.add_argument("--once", action="store_true", help="check what is due now, then exit")
+    p.add_argument(
+        "--session-quiet",
+        type=float,
+        default=30.0,
+        help="seconds without a receipt of a node for a client after which its decode sessions are"
+        " checked (sampled steps of a session wait, then share one block)",
+    )
+    p.add_argument(
+        "--session-max-wait",
+        type=float,
+        default=300.0,
+        help="seconds after which a session's sampled steps are checked even if it still runs; keep it"
+        " below the ledger's --grace-s and the nodes' --retention-s",
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="check what is due now, then exit (decode sessions too, even if they may still run)",
+    )
     p.add_argument("--ready-file", default=None, help="write a JSON object here once running")
     return p
 
@@ -163,6 +181,18 @@ def calibrate_main(args: argparse.Namespace) -> int:
             f"{key:16} {t.trials:7d} {t.max_observed:11.3g} {t.threshold:10.3g} {t.est_false_positive_rate:12.2g}"
             + ("" if t.source == "measured" else f"  ({t.source})")
         )
+    print(
+        "lower-precision test (verifier/precision.py): fail when share of int8's error > bound and z > min z"
+    )
+    print(
+        f"{'class':16} {'bound':>6} {'min z':>6} {'max honest share':>17} {'max honest z':>13} {'est. FP rate':>12}"
+    )
+    for key, t in sorted(report.thresholds.entries.items()):
+        if t.precision_bound > 0:
+            print(
+                f"{key:16} {t.precision_bound:6.2f} {t.precision_min_z:6.1f} {t.precision_max_observed:17.3f} "
+                f"{t.precision_max_z_observed:13.2f} {t.precision_est_false_positive_rate:12.2g}"
+            )
     for kind, scores in sorted(report.adversary.items()):
         finite = [s for s in scores if s == s]
         if finite:
@@ -178,6 +208,8 @@ def run_main(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.sample_rate <= 1.0:
         raise UsageError("--sample-rate must be between 0 and 1")
+    if args.session_quiet < 0 or args.session_max_wait < 0:
+        raise UsageError("--session-quiet and --session-max-wait must be >= 0")
     if not args.initial_peers:
         raise UsageError("--initial-peers is required: without the DHT no node can be challenged")
     config = ServiceConfig(
@@ -193,6 +225,8 @@ def run_main(args: argparse.Namespace) -> int:
         unreachable_limit=args.unreachable_limit,
         poll_s=args.poll,
         batch=args.batch,
+        session_quiet_s=args.session_quiet,
+        session_max_wait_s=args.session_max_wait,
         once=args.once,
         ready_file=args.ready_file,
     )

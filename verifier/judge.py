@@ -12,14 +12,17 @@ can recompute the verdict:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from protocol.receipts import Kind, Receipt, SignedReceipt
+from protocol.tensor_hash import dtype_name
 from protocol.verdicts import Reason, Result, openings_hash
 from verifier.checks import Finding, check_chain, check_openings, check_replay
 from verifier.openings import Openings
-from verifier.recompute import BlockLoader, compare_block
+from verifier.precision import lower_precision_score
+from verifier.recompute import BlockLoader, Comparison, compare_block
 from verifier.tolerance import Thresholds
 
 OPENINGS, REPLAY, CHAIN = b"O", b"R", b"C"
@@ -91,7 +94,9 @@ def judge_openings(
     )
     measured = cmp.measured if math.isfinite(cmp.measured) else MAX_MEASURED
     if cmp.ok:
-        return Judgement(
+        return _judge_precision(
+            openings, loader, thresholds, cmp, evidence, device_class=device_class, session=session
+        ) or Judgement(
             Result.PASS,
             Reason.NONE,
             "recomputed block within tolerance",
@@ -108,6 +113,51 @@ def judge_openings(
         measured,
         cmp.tolerance,
         cmp.compute_s,
+    )
+
+
+def _judge_precision(
+    openings: Openings,
+    loader: BlockLoader,
+    thresholds: Thresholds,
+    cmp: Comparison,
+    evidence: bytes,
+    *,
+    device_class: str | None,
+    session: bytes | None,
+) -> Judgement | None:
+    """The lower-precision test (verifier/precision.py) where the class calibrated one and
+    the divergence is large enough for int8 weights (an honest float32 node never pays for
+    it): a FAIL when the output carries more of int8's error than the bound, else None.
+    A FAIL records the share as the verdict's `measured` and its bound as `tolerance`."""
+    dtype = dtype_name(openings.output.dtype)
+    th = thresholds.lookup(dtype, device_class)
+    if th.precision_bound <= 0.0 or cmp.measured <= th.precision_min_divergence:
+        return None  # a tight bound excludes int8 already, or the output is too close for it
+    started = time.perf_counter()
+    score = lower_precision_score(
+        loader,
+        openings.block,
+        openings.inputs,
+        openings.output,
+        cmp.reference,
+        session=session,
+        seed=evidence,
+    )
+    compute_s = cmp.compute_s + time.perf_counter() - started
+    if not score.fails(th.precision_bound, th.precision_min_z):
+        return None
+    measured = score.share if math.isfinite(score.share) else MAX_MEASURED
+    return Judgement(
+        Result.FAIL,
+        Reason.OUTPUT_MISMATCH,
+        f"block {openings.block} output carries {score.share:.2f} of the error of int8 weights "
+        f"(bound {th.precision_bound:.2f}; z {score.z:.1f} > {th.precision_min_z:.1f}): "
+        f"computed at lower precision than its announced {dtype}",
+        evidence,
+        measured,
+        th.precision_bound,
+        compute_s,
     )
 
 

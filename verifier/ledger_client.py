@@ -55,6 +55,13 @@ class LedgerClient:
     def receipts_of_client(self, client_key: str, limit: int = 200) -> list[dict[str, Any]]:
         return list(self._get("/v1/receipts", client=client_key, limit=limit))
 
+    def last_ingested_ms(self, node_key: str, client_key: str) -> int | None:
+        """When the ledger ingested the newest receipt of this node for this client (any
+        kind, sampled or not; None if it holds none): how the service tells that a
+        client's sessions with a node have gone quiet."""
+        newest = self._get("/v1/receipts", node=node_key, client=client_key, limit=1)
+        return int(newest[0]["ingested_ms"]) if newest else None
+
     def verdict(self, verdict_id: str) -> dict[str, Any]:
         return dict(self._get(f"/v1/verdicts/{verdict_id}"))
 

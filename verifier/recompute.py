@@ -2,8 +2,10 @@
 
 Blocks are loaded one at a time (`BlockSpan.load(model, i, i + 1)`), checked against the
 model manifest by the loader, and kept in a small LRU: a verifier of a 70-layer model
-holds a few layers, not the model. The reference is always float32 on the verifier's
-device, computed from the opened input, whatever dtype the node computed in.
+holds a few layers, not the model. The reference is always computed in float32 on the
+verifier's device from the opened input, with the weights rounded to the dtype the node
+announced (its opened output's dtype): a bfloat16 node holds bfloat16 weights, and that
+rounding is the node's, not noise (verifier/precision.py relies on it).
 
 A decode step opens a long prefix and a few new rows, and only the new rows are compared.
 The prefix rows enter the new rows' output only through their attention keys and values,
@@ -53,6 +55,7 @@ class Comparison:
     tolerance: float
     ok: bool
     compute_s: float
+    reference: torch.Tensor | None = None  # the recomputed rows (for the precision test)
 
 
 class BlockLoader:
@@ -74,20 +77,25 @@ class BlockLoader:
         self.cheap_prefix = cheap_prefix
         self.device = device
         self.capacity = max(1, capacity)
-        self._blocks: OrderedDict[int, Any] = OrderedDict()
+        self._blocks: OrderedDict[tuple[int, torch.dtype], Any] = OrderedDict()
         self.loads = 0
         self.prefixes = PrefixCache(prefix_capacity)
 
-    def block(self, index: int) -> Any:
-        """The float32 BlockSpan of block `index` (loaded and manifest-checked on first use)."""
-        if index in self._blocks:
-            self._blocks.move_to_end(index)
-            return self._blocks[index]
+    def block(self, index: int, weights: torch.dtype = torch.float32) -> Any:
+        """The float32 BlockSpan of block `index` (loaded and manifest-checked on first use),
+        its parameters rounded to `weights` (the dtype a node announced) and back."""
+        key = (index, weights)
+        if key in self._blocks:
+            self._blocks.move_to_end(key)
+            return self._blocks[key]
         from models.span import BlockSpan
 
         span = BlockSpan.load(self.model, index, index + 1, dtype=torch.float32, device=self.device)
+        if weights != torch.float32:
+            for param in span.layers.parameters():
+                param.data = param.data.to(weights).to(torch.float32)
         self.loads += 1
-        self._blocks[index] = span
+        self._blocks[key] = span
         while len(self._blocks) > self.capacity:
             self._blocks.popitem(last=False)
         return span
@@ -140,6 +148,8 @@ class _Held:
     inputs: torch.Tensor  # [B, rows, H] float32: the opened input rows these keys/values are of
     keys: torch.Tensor
     values: torch.Tensor
+    outputs: torch.Tensor | None = None  # block outputs of rows [rows_from, rows), when computed at once
+    rows_from: int = 0
 
 
 class PrefixCache:
@@ -157,6 +167,7 @@ class PrefixCache:
         self.capacity = capacity
         self._held: OrderedDict[bytes, _Held] = OrderedDict()
         self.hits = 0
+        self.row_hits = 0  # checks answered from rows computed ahead (`extend_session_rows`)
 
     def start(self, key: bytes | None, inputs: torch.Tensor, prefix: int) -> PrefixKV:
         """The stored keys/values of the longest usable first rows of `inputs[:, :prefix]`."""
@@ -170,12 +181,34 @@ class PrefixCache:
         self.hits += 1
         return PrefixKV(held.keys[..., :rows, :], held.values[..., :rows, :])
 
-    def keep(self, key: bytes | None, inputs: torch.Tensor, kv: PrefixKV) -> None:
+    def rows(self, key: bytes | None, inputs: torch.Tensor, new: int) -> torch.Tensor | None:
+        """The block's last `new` rows over `inputs`, if computed ahead from an opening whose
+        first rows equal `inputs` bit for bit (causal: rows after them change nothing)."""
+        held = self._held.get(key) if key is not None else None
+        length = int(inputs.shape[1])
+        if held is None or held.outputs is None or held.inputs.shape[0] != inputs.shape[0]:
+            return None
+        if length - new < held.rows_from or length > held.inputs.shape[1]:
+            return None
+        if not torch.equal(held.inputs[:, :length], inputs):
+            return None
+        self.row_hits += 1
+        return held.outputs[:, length - new - held.rows_from : length - held.rows_from]
+
+    def keep(
+        self,
+        key: bytes | None,
+        inputs: torch.Tensor,
+        kv: PrefixKV,
+        *,
+        outputs: torch.Tensor | None = None,
+        rows_from: int = 0,
+    ) -> None:
         if key is None or self.capacity <= 0 or kv.keys is None or kv.values is None:
             return
         if kv.rows != inputs.shape[1]:
             return
-        self._held[key] = _Held(inputs.clone(), kv.keys, kv.values)
+        self._held[key] = _Held(inputs.clone(), kv.keys, kv.values, outputs, rows_from)
         self._held.move_to_end(key)
         while len(self._held) > self.capacity:
             self._held.popitem(last=False)
@@ -255,6 +288,9 @@ def reference_rows(
         cheap = cheap and span.arch.name in CHEAP_PREFIX_ARCHS
         if cheap and (new < inputs.shape[1] or session is not None):
             key = None if session is None else session + index.to_bytes(4, "big")
+            ahead = prefixes.rows(key, inputs, new) if prefixes is not None else None
+            if ahead is not None:
+                return ahead
             prefix = int(inputs.shape[1]) - new
             kv = prefixes.start(key, inputs, prefix) if prefixes is not None else PrefixKV()
             out = cached_prefix_rows(span, index, inputs, new, kv)
@@ -265,15 +301,51 @@ def reference_rows(
         return full_prefix_rows(span, index, inputs, new)
 
 
+def extend_session_rows(
+    loader: BlockLoader, index: int, inputs: torch.Tensor, first: int, checks: int, *, session: bytes
+) -> bool:
+    """Compute block `index` for rows `first`.. of one opening's `inputs` [B, L, H] in one
+    layer call and hold them with the session's keys/values, so that `checks` checks of
+    the session's sampled steps (whose new rows lie in first..L) read their rows instead
+    of calling the layer once each. Done only where the rows between the checked ones
+    cost less than the calls saved (`CALL_OVERHEAD_FLOPS`: narrow blocks); returns
+    whether it was done. Float32 weights only (a node announcing float32)."""
+    span = loader.block(index)
+    if checks < 2 or not loader.cheap_prefix or span.arch.name not in CHEAP_PREFIX_ARCHS:
+        return False
+    tail = int(inputs.shape[1]) - first
+    flops = float(getattr(span.manifest, "block_flops_per_token", 0) or 0)
+    if tail < checks or (tail - checks) * flops > (checks - 1) * CALL_OVERHEAD_FLOPS:
+        return False
+    x = inputs.to(device=span.device, dtype=torch.float32)
+    key = session + index.to_bytes(4, "big")
+    with torch.no_grad():
+        kv = loader.prefixes.start(key, x, first)
+        out = cached_prefix_rows(span, index, x, tail, kv)
+    if out is None:
+        return False
+    loader.prefixes.keep(key, x, kv, outputs=out, rows_from=first)
+    return True
+
+
 def recompute(
-    loader: BlockLoader, index: int, inputs: torch.Tensor, new: int, *, session: bytes | None = None
+    loader: BlockLoader,
+    index: int,
+    inputs: torch.Tensor,
+    new: int,
+    *,
+    session: bytes | None = None,
+    weights: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Block `index` over the opened prefix input [B, L, H]; its last `new` rows, float32.
 
     `session` (e.g. node key + session id) lets the loader's `PrefixCache` reuse the keys
-    and values of this session's prefix from earlier checks of the same block."""
-    span = loader.block(index)
+    and values of this session's prefix from earlier checks of the same block. `weights`:
+    the dtype the block's parameters are rounded to (`BlockLoader.block`)."""
+    span = loader.block(index, weights)
     x = inputs.to(device=span.device, dtype=torch.float32)
+    if session is not None and weights != torch.float32:
+        session = session + b"/" + dtype_name(weights).encode()  # keys/values differ per weights
     out = reference_rows(
         span, index, x, new, prefixes=loader.prefixes, session=session, cheap=loader.cheap_prefix
     )
@@ -293,12 +365,15 @@ def compare_block(
     """Recompute block `index` from `inputs` and score the node's `output` rows against it.
 
     The bound is the one calibrated for the dtype the node computed in (the dtype of its
-    opened output) and the device class it announced (None: the loosest known). `session`
-    names the decode session the opening belongs to (see `recompute`).
+    opened output) and the device class it announced (None: the loosest known); the
+    reference uses the weights rounded to that dtype. `session` names the decode session
+    the opening belongs to (see `recompute`).
     """
     started = time.perf_counter()
     new = int(output.shape[1])
-    reference = recompute(loader, index, inputs, new, session=session)
+    reference = recompute(
+        loader, index, inputs, new, session=session, weights=announced_weights(output.dtype)
+    )
     measured = divergence(output, reference, inputs[:, -new:].float())
     tolerance = thresholds.lookup(dtype_name(output.dtype), device_class).threshold
     return Comparison(
@@ -306,4 +381,10 @@ def compare_block(
         tolerance=tolerance,
         ok=measured <= tolerance,
         compute_s=time.perf_counter() - started,
+        reference=reference,
     )
+
+
+def announced_weights(dtype: torch.dtype) -> torch.dtype:
+    """The weights dtype of a node whose block output is in `dtype` (float32 unless lower)."""
+    return dtype if dtype in (torch.bfloat16, torch.float16) else torch.float32

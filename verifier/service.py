@@ -5,6 +5,16 @@ receipts), then the challenge for one secret-random block's openings, the commit
 checks, and finally the recomputation. Every verdict is written to the local state
 before it is posted, so a crash anywhere re-posts the same verdict instead of judging
 the receipt twice (see verifier/state.py).
+
+Forward and backward receipts are checked as soon as they are due. Sampled decode steps
+(inference receipts) wait until their session looks over: no receipt of that node for
+that client for `session_quiet_s`, or `session_max_wait_s` after the oldest one, which
+stays well inside the ledger's grace period (receipts with no verdict are paid after
+it) and the nodes' openings retention (`corolla node --retention-s`). Then the session's
+due receipts are recorded as its members, opened together at the session's one block
+and judged in step order, sharing the prefix's keys/values or, on narrow blocks, one
+layer call for all of them (`_open_session`; verifier/sampling.py says why this is safe
+and what it trades). A last pass (`--once`) checks every session without waiting.
 """
 
 from __future__ import annotations
@@ -16,14 +26,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from protocol.identity import Identity
 from protocol.receipts import SignedReceipt
 from protocol.verdicts import Reason, Result, SignedVerdict, Verdict
 from verifier.challenger import ChallengeFailure, Challenger
 from verifier.judge import Judgement, judge_openings, judge_receipt_only
 from verifier.ledger_client import LedgerClient, LedgerError
-from verifier.recompute import BlockLoader
-from verifier.sampling import SamplingPolicy, challenged_block, mean_value
+from verifier.openings import Openings
+from verifier.recompute import BlockLoader, extend_session_rows
+from verifier.sampling import (
+    SamplingPolicy,
+    challenged_block,
+    is_session_receipt,
+    mean_value,
+    session_block,
+)
 from verifier.state import VerifierState
 from verifier.tolerance import DEFAULT_PATH, Thresholds
 
@@ -49,6 +68,8 @@ class ServiceConfig:
     ready_file: str | None = None
     node_device: str = "cpu"  # device class assumed when a node does not announce one
     block_cache: int = 4
+    session_quiet_s: float = 30.0  # a session is over when its node got no receipt from its client this long
+    session_max_wait_s: float = 300.0  # ...or this long after its oldest sampled receipt (< ledger grace)
 
 
 @dataclass
@@ -85,6 +106,10 @@ class Verifier:
         self.model_hash = self.loader.manifest_hash
         self.secret = state.secret()
         self.stats = Stats()
+        self.clock = time.time  # seconds; compared with the ledger's ingested_ms
+        self._held: dict[str, int] = {}  # node key hex -> receipts of open sessions held back
+        self._first_seen: dict[bytes, float] = {}  # held receipt id -> our clock when first due
+        self._opened: dict[bytes, Openings | ChallengeFailure] = {}  # session members challenged ahead
 
     # ----- one pass over the ledger's queue ------------------------------------------------
     def repost_pending(self) -> int:
@@ -105,19 +130,115 @@ class Verifier:
             rate = self.policy.node_rate(node, avg)
             if rate <= 0:
                 continue
-            due += self.ledger.due(rate=rate, node=node["key"], limit=self.config.batch)
+            limit = min(1000, self.config.batch + self._held.get(node["key"], 0))  # held ones come first
+            due += self.ledger.due(rate=rate, node=node["key"], limit=limit)
         due = [d for d in due if d["model"] == self.model_hash.hex()]
         return sorted(due, key=lambda d: (d["ingested_ms"], d["id"]))
 
-    def poll_once(self) -> int:
-        """Judge everything due now; returns how many receipts were judged."""
+    def poll_once(self, *, final: bool = False) -> int:
+        """Judge everything due now, except decode steps of sessions that may still be
+        running (module docstring), or everything with `final` (a last pass, `--once`:
+        a session still running is checked now, its later steps on their own blocks);
+        returns how many receipts were judged."""
         self.repost_pending()
-        due = [SignedReceipt.from_json(item["signed"]) for item in self.due_receipts()]
-        for signed in due:  # index first: a replay is caught even if judged before its original
+        due = [
+            (SignedReceipt.from_json(item["signed"]), int(item["ingested_ms"]))
+            for item in self.due_receipts()
+        ]
+        for signed, _ in due:  # index first: a replay is caught even if judged before its original
             self.state.remember(signed)
-        for signed in due:
-            self.check(signed)
-        return len(due)
+        now, judged = self.clock() * 1000, 0
+        sessions: dict[tuple[bytes, bytes], list[tuple[SignedReceipt, int]]] = {}
+        for signed, ingested in due:
+            r = signed.receipt
+            if is_session_receipt(r):
+                sessions.setdefault((r.node_key, r.session_id), []).append((signed, ingested))
+            else:
+                self.check(signed)
+                judged += 1
+        self._held, first_seen, self._first_seen = {}, self._first_seen, {}
+        quiet: dict[tuple[bytes, bytes], bool] = {}  # (node, client) -> no receipt for session_quiet_s
+        for (node_key, session_id), group in sessions.items():
+            if not self.state.session_closed(node_key, session_id):
+                client_key = group[0][0].receipt.client_key
+                if (node_key, client_key) not in quiet:
+                    quiet[(node_key, client_key)] = self._pair_quiet(node_key, client_key, now)
+                # by the ledger's clock or by ours, whichever says longer: a verifier clock
+                # behind the ledger's cannot hold a session past the ledger's grace period
+                seen = [first_seen.get(s.id, now) for s, _ in group]
+                waited_s = (now - min(min(ingested for _, ingested in group), *seen)) / 1000
+                busy = not quiet[(node_key, client_key)] and waited_s < self.config.session_max_wait_s
+                if busy and not final:
+                    self._first_seen.update((s.id, t) for (s, _), t in zip(group, seen, strict=True))
+                    self._held[node_key.hex()] = self._held.get(node_key.hex(), 0) + len(group)
+                    continue
+                members = self.state.close_session(node_key, session_id, [s.id for s, _ in group])
+                logger.info(
+                    "session %s node %s: checking %d sampled steps (%d due) after %.0f s",
+                    session_id.hex()[:12],
+                    node_key.hex()[:12],
+                    len(members),
+                    len(group),
+                    waited_s,
+                )
+            ordered = [signed for signed, _ in sorted(group, key=lambda g: (g[0].receipt.step, g[0].id))]
+            self._open_session(ordered)
+            try:
+                for signed in ordered:
+                    self.check(signed)  # step order: each check extends what the last one held
+                    judged += 1
+            finally:
+                self._opened.clear()
+        return judged
+
+    def _open_session(self, ordered: list[SignedReceipt]) -> None:
+        """Challenge the session members still to judge, all at once (their commitments are
+        fixed: verifier/sampling.py), and where it is cheaper have their block's rows
+        computed in one layer call (`recompute.extend_session_rows`); `_judge` then uses
+        these openings instead of challenging again."""
+        todo = [
+            s for s in ordered if self.state.verdict_for(s.id) is None and self.state.is_session_member(s.id)
+        ]
+        if self.challenger is None or len(todo) < 2:
+            return
+        opened: list[Openings] = []
+        for signed in todo:
+            r, block = signed.receipt, self.block_for(signed)
+            try:
+                self._opened[signed.id] = self.challenger.challenge(r.model, r.node_key, signed.id, block)
+            except ChallengeFailure as exc:
+                self._opened[signed.id] = exc
+                continue
+            op = self._opened[signed.id]
+            if isinstance(op, Openings) and op.block == block and op.output.dtype == torch.float32:
+                opened.append(op)
+        if len(opened) < 2:
+            return
+        r, last = todo[0].receipt, max(opened, key=lambda op: int(op.inputs.shape[1]))
+        first = min(int(op.inputs.shape[1] - op.output.shape[1]) for op in opened)
+        started = time.perf_counter()
+        # the session key judge_openings gives the loader for an inference receipt
+        extend_session_rows(
+            self.loader, last.block, last.inputs, first, len(opened), session=r.node_key + r.session_id
+        )
+        self.stats.compute_s += time.perf_counter() - started
+
+    def _pair_quiet(self, node_key: bytes, client_key: bytes, now_ms: float) -> bool:
+        """Whether the ledger got no receipt of this node for this client for session_quiet_s."""
+        try:
+            last = self.ledger.last_ingested_ms(node_key.hex(), client_key.hex())
+        except LedgerError as exc:
+            logger.warning("cannot tell whether node %s is still serving: %s", node_key.hex()[:12], exc)
+            return False
+        return last is None or now_ms - last >= self.config.session_quiet_s * 1000
+
+    def block_for(self, signed: SignedReceipt) -> int:
+        """The block to open: the session's for a recorded member of a session under
+        check, the receipt's own otherwise (verifier/sampling.py)."""
+        r = signed.receipt
+        if is_session_receipt(r) and self.state.is_session_member(signed.id):
+            return session_block(self.secret, r)
+        return challenged_block(self.secret, r)
 
     # ----- one receipt -------------------------------------------------------------------
     def check(self, signed: SignedReceipt) -> SignedVerdict:
@@ -129,7 +250,7 @@ class Verifier:
                 self._post(verdict, stored.evidence)
             return verdict
         self.state.remember(signed)
-        block = challenged_block(self.secret, signed.receipt)
+        block = self.block_for(signed)
         judgement = self._judge(signed, block)
         verdict = Verdict(
             receipt_id=signed.id,
@@ -164,10 +285,13 @@ class Verifier:
         found = judge_receipt_only(signed, earlier, self._neighbours(signed))
         if found is not None:
             return found
+        prefetched = self._opened.pop(signed.id, None)  # by _open_session
         if self.challenger is None:
             return self._unreachable(r.node_key, "no P2P connection configured")
         try:
-            openings = self.challenger.challenge(r.model, r.node_key, signed.id, block)
+            if isinstance(prefetched, ChallengeFailure):
+                raise prefetched
+            openings = prefetched or self.challenger.challenge(r.model, r.node_key, signed.id, block)
         except ChallengeFailure as exc:
             return self._unreachable(r.node_key, str(exc))
         self.state.answered(r.node_key)
@@ -265,7 +389,7 @@ def run_service(config: ServiceConfig) -> int:
         )
         while True:
             try:
-                n = verifier.poll_once()
+                n = verifier.poll_once(final=config.once)
             except LedgerError as exc:
                 logger.warning("ledger: %s", exc)
                 n = 0

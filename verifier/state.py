@@ -6,6 +6,10 @@
 - `receipts`: every receipt it has seen, indexed by output hash (replay detection) and by
   session (prefix checks of later inference steps).
 - `unreachable`: consecutive unanswered challenges per node.
+- `sessions`, `session_members`: inference sessions the verifier has started checking,
+  and which of their receipts share the session's block (verifier/sampling.py). Written
+  in one transaction before the session's first challenge, so a restart keeps the same
+  members and blocks, and a receipt of the session seen later gets its own block.
 - `meta`: the secret seed that picks the challenged block (unpredictable to nodes, stable
   across restarts, so a restart cannot re-roll a block).
 """
@@ -31,6 +35,11 @@ CREATE TABLE IF NOT EXISTS receipts (
 CREATE INDEX IF NOT EXISTS receipts_output ON receipts (output_hash);
 CREATE INDEX IF NOT EXISTS receipts_session ON receipts (session_id);
 CREATE TABLE IF NOT EXISTS unreachable (node_key BLOB PRIMARY KEY, misses INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+    node_key BLOB NOT NULL, session_id BLOB NOT NULL, closed_ms INTEGER NOT NULL,
+    PRIMARY KEY (node_key, session_id));
+CREATE TABLE IF NOT EXISTS session_members (
+    receipt_id BLOB PRIMARY KEY, node_key BLOB NOT NULL, session_id BLOB NOT NULL);
 """
 
 
@@ -137,3 +146,40 @@ class VerifierState:
 
     def answered(self, node_key: bytes) -> None:
         self.db.execute("DELETE FROM unreachable WHERE node_key = ?", (node_key,))
+
+    # ----- inference sessions under check ------------------------------------------------
+    def close_session(self, node_key: bytes, session_id: bytes, receipt_ids: list[bytes]) -> list[bytes]:
+        """Record that checking of a session starts, with the receipts that share its block.
+
+        The first call for a session wins (a second one adds no members); returns the
+        session's members as recorded."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO sessions (node_key, session_id, closed_ms) VALUES (?, ?, ?)",
+                (node_key, session_id, int(time.time() * 1000)),
+            )
+            if cur.rowcount:
+                self.db.executemany(
+                    "INSERT OR IGNORE INTO session_members (receipt_id, node_key, session_id) VALUES (?, ?, ?)",
+                    [(rid, node_key, session_id) for rid in receipt_ids],
+                )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        rows = self.db.execute(
+            "SELECT receipt_id FROM session_members WHERE node_key = ? AND session_id = ?",
+            (node_key, session_id),
+        ).fetchall()
+        return [bytes(r[0]) for r in rows]
+
+    def session_closed(self, node_key: bytes, session_id: bytes) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM sessions WHERE node_key = ? AND session_id = ?", (node_key, session_id)
+        ).fetchone()
+        return row is not None
+
+    def is_session_member(self, receipt_id: bytes) -> bool:
+        row = self.db.execute("SELECT 1 FROM session_members WHERE receipt_id = ?", (receipt_id,)).fetchone()
+        return row is not None

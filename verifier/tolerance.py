@@ -11,7 +11,9 @@ little, which an RMS sees ~2x more clearly against bf16 rounding than a max does
 (measured, verifier/README.md).
 
 Thresholds live per (claimed dtype, device class) in `verifier/thresholds.json`, written
-by `corolla verifier calibrate` (see verifier/README.md for how they were chosen).
+by `corolla verifier calibrate` (see verifier/README.md for how they were chosen). An
+entry also carries the bound of the lower-precision test (verifier/precision.py) where
+the divergence bound alone lets int8 weights through (bfloat16, float16, GPU float32).
 """
 
 from __future__ import annotations
@@ -61,6 +63,14 @@ class Threshold:
     trials: int = 0
     est_false_positive_rate: float = 0.0
     source: str = "measured"  # "measured" or "extrapolated: <why>"
+    # The lower-precision test (verifier/precision.py), run where the bound above cannot
+    # tell int8 weights from honest rounding; 0.0: not run for this class.
+    precision_bound: float = 0.0  # fail when the output carries more of int8's error ...
+    precision_min_z: float = 0.0  # ... and that share stands this many noise units out,
+    precision_min_divergence: float = 0.0  # checked only above this divergence (int8: >= 5e-3)
+    precision_max_observed: float = 0.0  # worst honest share in calibration
+    precision_max_z_observed: float = 0.0  # worst honest z in calibration
+    precision_est_false_positive_rate: float = 0.0  # from the fitted spread of honest z
 
 
 @dataclass

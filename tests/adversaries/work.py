@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +45,12 @@ class Delivery:
 
 
 class HonestNode:
-    """Serves blocks [start, end) honestly in `dtype` on the CPU."""
+    """Serves blocks [start, end) honestly in `dtype` on the CPU.
+
+    Honest nodes differ in ways the verifier's tolerance must absorb: `threads` (torch's
+    intra-op thread count while computing) and `attention` ("math": the SDPA math kernel
+    instead of the fused one torch picks) are two of them.
+    """
 
     name = "honest"
 
@@ -55,9 +62,12 @@ class HonestNode:
         *,
         dtype: torch.dtype = torch.float32,
         identity: Identity | None = None,
+        threads: int | None = None,
+        attention: str | None = None,
     ):
         self.model_dir = Path(model_dir)
         self.start, self.end, self.dtype = start, end, dtype
+        self.threads, self.attention = threads, attention
         self.identity = identity or Identity.generate()
         self.span = self._load_span()
         self.model = load_manifest(model_dir).manifest_hash()
@@ -91,6 +101,20 @@ class HonestNode:
         """(output committed in the receipt, output sent to the client)."""
         return outs[-1], outs[-1]
 
+    @contextmanager
+    def kernels(self) -> Iterator[None]:
+        """The thread count and attention kernel this node computes with."""
+        old = torch.get_num_threads()
+        with ExitStack() as stack:
+            if self.attention == "math":
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+            if self.threads is not None:
+                torch.set_num_threads(self.threads)
+                stack.callback(torch.set_num_threads, old)
+            yield
+
     # ----- serving --------------------------------------------------------------------------
     def call(
         self,
@@ -107,7 +131,7 @@ class HonestNode:
         new = hidden.shape[1]
         history = self.sessions.setdefault(session_id, [[] for _ in range(self.start, self.end + 1)])
         span_input = torch.cat([*history[0], hidden], dim=1)
-        with torch.no_grad():
+        with torch.no_grad(), self.kernels():
             if kind == Kind.INFERENCE and type(self).compute is HonestNode.compute:
                 outs = self._step_cached(session_id, hidden)  # what a real node does: attend to its cache
             else:
@@ -201,7 +225,8 @@ class SkipBlockNode(HonestNode):
 
 
 class QuantizedNode(HonestNode):
-    """Runs int8 or nf4 weights (bitsandbytes) while its receipts and openings say float32."""
+    """Runs int8 or nf4 weights (bitsandbytes) while its receipts and openings announce
+    `dtype` (float32 by default; bfloat16 is the hard case, verifier/precision.py)."""
 
     def __init__(self, *args: object, quantize: str = "int8", **kw: object):
         self.quantize = quantize

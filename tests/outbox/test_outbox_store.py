@@ -93,6 +93,31 @@ def test_group_commit_writer_checks_acks_and_stores_them_with_or_after_their_rec
         assert outbox.counts().total == 2
 
 
+
+def test_a_held_receipt_waits_for_release_and_still_goes_before_its_ack(tmp_path):
+    """The node holds a receipt until its reply is written (the writer thread sleeps on); an
+    ack, a flush or a close that comes first releases it, so no ack overtakes its receipt."""
+    with ReceiptOutbox(tmp_path / "o.sqlite", ack_grace_ms=60_000) as outbox:
+        writer = OutboxWriter(outbox, linger_s=0.0)
+        a, b, c, d = (make_receipt(i) for i in (1, 2, 3, 4))
+        writer.append(a, hold=True)
+        writer.flush().result(timeout=10)  # a flush releases what is held before it
+        assert outbox.get(a.id) is not None
+        writer.append(b, hold=True)
+        writer.append(c, hold=True)
+        writer.flush().result(timeout=10)
+        assert [outbox.get(r.id) is not None for r in (b, c)] == [True, True]
+        writer.append(d, hold=True)
+        assert outbox.get(d.id) is None  # held: not even queued
+        writer.attach(d.id, d.countersign(CLIENT).client_signature)  # the ack releases it first
+        writer.flush().result(timeout=10)
+        assert outbox.get(d.id).receipt.verify_client() and writer.unknown_acks == 0
+        e = make_receipt(5)
+        writer.append(e, hold=True)
+        writer.release()
+        writer.close()
+        assert outbox.get(e.id) is not None and outbox.counts().total == 5
+
 def test_append_is_idempotent_and_adds_a_late_ack(tmp_path):
     with ReceiptOutbox(tmp_path / "o.sqlite", ack_grace_ms=60_000) as outbox:
         signed = make_receipt(1)

@@ -4,6 +4,9 @@ and tampered signatures, and is never looser (it refuses small-order keys outrig
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +51,31 @@ def test_fast_verifier_never_accepts_what_openssl_rejects_and_refuses_small_orde
     # with a cofactorless check that accepts such keys; libsodium refuses the key itself.
     forged = bytes.fromhex("01" + "00" * 31) + bytes(32)
     assert not any(verify_signature(SMALL_ORDER_KEY, bytes([i]), forged) for i in range(16))
+
+
+def test_libsodium_signatures_are_the_bytes_cryptography_makes() -> None:
+    """Ed25519 is deterministic: the libsodium signer changes no receipt, ack or vector."""
+    for size in (0, 1, 32, 323, 387, 4096):
+        identity = Identity.generate()
+        message = os.urandom(size)
+        assert identity.sign(message) == identity.sign_openssl(message)
+        assert identity.sign(bytearray(message)) == identity.sign_openssl(message)  # type: ignore[arg-type]
+        assert verify_openssl(identity.public_key, message, identity.sign(message))
+    seeded = Identity.from_private_bytes(bytes(range(32)))
+    assert seeded.sign(b"COROLLA") == seeded.sign_openssl(b"COROLLA")
+
+
+def test_without_libsodium_signing_and_verifying_fall_back_to_cryptography() -> None:
+    code = (
+        "from protocol.identity import Identity, verify_signature\n"
+        "from protocol.sodium import BACKEND, sodium_sign_detached, sodium_verify_detached\n"
+        "assert BACKEND == 'cryptography' and sodium_sign_detached is None and sodium_verify_detached is None\n"
+        "i = Identity.from_private_bytes(bytes(range(32)))\n"
+        "sig = i.sign(b'm')\n"
+        "assert verify_signature(i.public_key, b'm', sig) and not verify_signature(i.public_key, b'n', sig)\n"
+        "print(sig.hex())\n"
+    )
+    env = {**os.environ, "COROLLA_NO_LIBSODIUM": "1"}
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == Identity.from_private_bytes(bytes(range(32))).sign(b"m").hex()

@@ -174,3 +174,26 @@ def test_decode_session_checked_step_after_step_passes_and_a_faked_step_fails(
     key = signed.receipt.node_key + session
     faked = op.output + 0.05 * op.output.std() * torch.randn(op.output.shape, generator=gen)
     assert not compare_block(loader, thresholds, 1, op.inputs, faked, session=key).ok
+
+
+def test_session_rows_computed_at_once_are_the_step_by_step_reference(
+    model_dir: Path, fp32_bound: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, inputs = _block_inputs(model_dir, batch=1)
+    x, steps, key = inputs[1], (21, 28, 39), b"node-and-session"  # a session's sampled steps' last rows
+    ahead, one_by_one = BlockLoader(model_dir), BlockLoader(model_dir)
+    assert rc.extend_session_rows(ahead, 1, x, steps[0], len(steps), session=key)
+    for step in steps:
+        opened = x[:, : step + 1]
+        got = rc.recompute(ahead, 1, opened, 1, session=key)
+        want = rc.recompute(one_by_one, 1, opened, 1, session=key)
+        assert divergence(got, want, opened[:, -1:]) <= 0.25 * fp32_bound
+    assert (ahead.prefixes.row_hits, one_by_one.prefixes.row_hits, one_by_one.prefixes.hits) == (3, 0, 2)
+    changed = x[:, :30].clone()
+    changed[:, 5] += 0.01  # another history than the one computed ahead: recomputed, not read
+    assert torch.equal(
+        rc.recompute(ahead, 1, changed, 1, session=key), rc.recompute(BlockLoader(model_dir), 1, changed, 1)
+    )
+    assert ahead.prefixes.row_hits == 3
+    monkeypatch.setattr(rc, "CALL_OVERHEAD_FLOPS", 0.0)  # wide blocks: the rows between cost more than calls
+    assert not rc.extend_session_rows(BlockLoader(model_dir), 1, x, steps[0], len(steps), session=key)

@@ -89,6 +89,12 @@ def test_calibrate_command_writes_thresholds(
     for kind in ("nf4", "other_seed", "skip_block", "noise"):
         assert adversary[kind] > th.entries["bfloat16/cpu"].threshold, kind
     assert adversary["int8"] > th.entries["float32/cpu"].threshold
+    # int8 announcing bfloat16 is caught by the lower-precision test (share > bound, z > min z)
+    bf16 = th.entries["bfloat16/cpu"]
+    assert bf16.precision_bound == 0.5 and adversary["int8_as_bfloat16"] > bf16.precision_bound
+    assert th.entries["float32/cpu"].precision_bound == 0.0  # its bound excludes int8 already
+    failures = th.notes["honest_failures"]
+    assert isinstance(failures, dict) and failures["float32"] == failures["bfloat16"] == 0
     assert "wrote" in capsys.readouterr().out
     assert json.loads(out.read_text())["metric"] == th.metric
     assert Threshold(**json.loads(out.read_text())["thresholds"]["float32/cpu"]).trials == 12
