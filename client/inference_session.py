@@ -6,8 +6,11 @@ the same blocks is opened and the stored inputs are replayed through it before t
 current step continues, so the replacement's cache is exactly what the failed node's was
 (correct by construction: nothing is recomputed from outputs we did not keep).
 
-With an identity, each step's receipts are verified and counter-signed while the next hops
-and steps compute: a hop's check is held until the next request (the next hop's, or the
+With an identity, the client opens each span with `receipt_after_result`: a node sends a
+step's output first and signs its receipt after (protocol/messages.py), so the output goes
+on to the next hop before any hashing or signing. Each step's receipts are verified and
+counter-signed while the next hops and steps compute: a hop's check is held until the
+next request (the next hop's, or the
 next step's first) is written, then runs on the event-loop thread while that node computes
 (ReceiptBook.release(inline=True)), so it never competes for the GIL, or a core, with the
 client forwarding an output. Before a node gets its next
@@ -20,6 +23,7 @@ counter-signatures with `close` and bans a node whose last receipt failed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from concurrent.futures import Future
 from typing import Any
@@ -56,6 +60,9 @@ class InferenceSession:
         self.steps = 0
         self.batch: int | None = None
         self.closed = False
+        self._awaiting: list[tuple[SpanSession, CallResult]] = []  # results whose receipt frame may be coming
+        self._release_lock = asyncio.Lock()
+        self._release_task: asyncio.Future[None] | None = None
         self.last_compute_ms: list[float] = []  # per hop, as reported by the nodes for the last step
         self.last_rtt_ms: list[float] = []  # per hop, stream round trip of the last step
 
@@ -124,16 +131,35 @@ class InferenceSession:
         is held by the receipt book (chained to `previous`, the hop before in this step) and
         checked once the next request is sent."""
         book = self.swarm.receipts
-        release = None if book is None else book.release_inline
-        await span.settle_receipts(release)
-        result = await span.step(x, self.steps, timeout, after_send=release)
-        self.swarm.observe(span.meta, result.response)
+        await span.settle_receipts(None if book is None else self._release)
+        result = await span.step(x, self.steps, timeout, after_send=None if book is None else self._start_release)
+        if not result.response.receipt_follows:
+            self.swarm.observe(span.meta, result.response)  # else once the receipt is in (`_release`)
         if book is None:
             return result, None
         pending = book.submit(span.ann, span.meta, Kind.INFERENCE, self.steps,
                               request_ref_for_step(self.session_id, self.steps), result, previous, hold=True)
         span.unchecked.append(pending)
+        if result.response.receipt_follows:
+            self._awaiting.append((span, result))
         return result, pending
+
+    def _start_release(self) -> None:
+        """`_release` in the background: the held checks run while the next node computes."""
+        self._release_task = asyncio.ensure_future(self._release())
+
+    async def _release(self) -> None:
+        """Run the held receipt checks (ReceiptBook.release_inline), once each held result has
+        the receipt that follows it (SpanSession.receive_receipt); one release at a time, so
+        no check starts before its receipt is in."""
+        book = self.swarm.receipts
+        assert book is not None
+        async with self._release_lock:
+            while self._awaiting:
+                span, result = self._awaiting.pop(0)
+                await span.receive_receipt()
+                self.swarm.observe(span.meta, result.response)  # what the receipt charged
+            book.release_inline()
 
     def _timeout(self, span: SpanSession, new_positions: int) -> float:
         if span.step_time_s == 0.0 or new_positions > 1:
@@ -146,7 +172,8 @@ class InferenceSession:
         for _attempt in range(self.swarm.max_attempts):
             chain = await self.swarm.router.route(start, end)
             spans = [SpanSession(self.swarm.conn, ann, self.swarm.meta(ann, self.session_id, 0), self.batch,
-                                 self.max_length) for ann in chain]
+                                 self.max_length, receipt_after_result=self.swarm.receipts is not None)
+                     for ann in chain]
             try:
                 x, previous = prefix, None
                 for span in spans:
@@ -166,7 +193,7 @@ class InferenceSession:
         book = self.swarm.receipts
         for span in spans:
             try:
-                await span.settle_receipts(None if book is None else book.release_inline)
+                await span.settle_receipts(None if book is None else self._release)
             except NodeFailure as failure:
                 self.swarm.fail(failure)
             await span.close()

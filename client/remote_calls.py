@@ -9,11 +9,13 @@ reach the user: another node would refuse them too.
 from __future__ import annotations
 
 import asyncio
+import inspect
+import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -34,6 +36,8 @@ from protocol.messages import (
     tensor_to_wire,
     write_frame,
 )
+
+logger = logging.getLogger("corolla.client")
 
 USER_ERRORS = {ErrorCode.BAD_REQUEST, ErrorCode.TOO_LONG, ErrorCode.TOO_LARGE}
 
@@ -111,21 +115,30 @@ class SpanSession:
     step_time_s: float = 0.0
     unchecked: list[Future[Any]] = field(default_factory=list)  # receipts being verified, oldest first
     pending_acks: list[list[bytes]] = field(default_factory=list)  # counter-signatures for the next frame
+    receipt_after_result: bool = False  # ask for each step's receipt in a frame after its result
     _reader: asyncio.StreamReader | None = None
     _writer: asyncio.StreamWriter | None = None
+    _receipt: asyncio.Future[Any] | None = None  # reading the receipt frame that follows a result
+    _receipt_for: CallResult | None = None
 
     async def open(self, timeout: float) -> None:
         async def _open() -> None:
             self._reader, self._writer = await self.conn.open_stream(self.ann, "inference")
-            frame = Frame("open_session", {**self.meta.to_meta(), "batch": self.batch, "max_length": self.max_length})
+            meta = {**self.meta.to_meta(), "batch": self.batch, "max_length": self.max_length}
+            if self.receipt_after_result:
+                meta["receipt_after_result"] = True
+            frame = Frame("open_session", meta)
             await write_frame(self._writer, frame)
 
         await _guarded(self.ann, _open(), timeout)
 
     async def step(self, hidden: torch.Tensor, step: int, timeout: float, extra: dict[str, Any] | None = None,
-                   after_send: Callable[[], None] | None = None) -> CallResult:
-        """One step; `after_send()` runs once the request is written, while the node computes."""
+                   after_send: Callable[[], Any] | None = None) -> CallResult:
+        """One step; `after_send()` runs once the request is written, while the node computes.
+        With `receipt_after_result`, the result's receipt is read in the background after it
+        (`receive_receipt`)."""
         assert self._reader is not None and self._writer is not None, "session not opened"
+        await self.receive_receipt()  # the previous step's receipt frame comes before this reply
         wire = tensor_to_wire(hidden)
         started = time.perf_counter()
 
@@ -142,17 +155,43 @@ class SpanSession:
         self.step_time_s = elapsed if self.step_time_s == 0 else 0.8 * self.step_time_s + 0.2 * elapsed
         self.history.append(hidden)
         self.position += hidden.shape[1]
-        return CallResult(tensor_from_wire(reply.tensors[0]), ResponseMeta.from_meta(reply.meta), wire,
-                          reply.tensors[0], elapsed)
+        result = CallResult(tensor_from_wire(reply.tensors[0]), ResponseMeta.from_meta(reply.meta), wire,
+                            reply.tensors[0], elapsed)
+        if result.response.receipt_follows:
+            self._receipt = asyncio.ensure_future(asyncio.wait_for(read_frame(self._reader), timeout))
+            self._receipt_for = result
+        return result
 
-    async def settle_receipts(self, release: Callable[[], None] | None = None) -> None:
+    async def receive_receipt(self) -> None:
+        """Put the receipt frame that follows the last result into that result. A missing,
+        late or malformed one leaves its receipt empty, which the receipt book rejects as this
+        node's fault (the node is then dropped at its next step, as for a bad receipt)."""
+        task, result = self._receipt, self._receipt_for
+        if task is None or result is None:
+            return
+        try:  # cleared only once read, so a second caller waits for the same read
+            frame = raise_if_error(await task)
+            receipt = frame.meta.get("receipt") if frame.kind == "receipt" else None
+            if isinstance(receipt, (bytes, bytearray)):
+                result.response = replace(result.response, receipt=bytes(receipt))
+            else:
+                logger.info("node %s sent a %r frame where its receipt belonged", self.ann.peer_id[-8:], frame.kind)
+        except Exception as exc:  # the book reports the missing receipt
+            logger.info("node %s sent no receipt after its result: %s", self.ann.peer_id[-8:], exc)
+        finally:
+            if self._receipt is task:
+                self._receipt = self._receipt_for = None
+
+    async def settle_receipts(self, release: Callable[[], Awaitable[None] | None] | None = None) -> None:
         """Wait until the receipts of earlier steps are verified (normally they are by now) and
         queue their counter-signatures for the next frame; then raise the first failure
         (NodeFailure for an invalid receipt). `release()` starts held checks (ReceiptBook)
         before waiting, when one of ours is not done yet."""
         failure = None
         if release is not None and any(not pending.done() for pending in self.unchecked):
-            release()
+            released = release()
+            if inspect.isawaitable(released):
+                await released
         while self.unchecked:
             pending = self.unchecked.pop(0)
             try:
@@ -171,6 +210,9 @@ class SpanSession:
         return [Frame("ack", {"acks": acks})]
 
     async def close(self) -> None:
+        if self._receipt is not None:
+            self._receipt.cancel()
+            self._receipt = self._receipt_for = None
         if self._writer is None:
             return
         writer, self._writer, self._reader = self._writer, None, None

@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -233,7 +234,8 @@ class BlockServer:
             state = None if self.receipts is None else self.receipts.new_session(meta, batch, max_length)
             logger.info("session %s from %s opened (batch %d, max_length %d)", session_id.hex()[:8], peer,
                         batch, max_length)
-            await self._session_loop(reader, writer, meta, cache, state)
+            deferred = state is not None and frame.meta.get("receipt_after_result") is True
+            await self._session_loop(reader, writer, meta, cache, state, deferred)
         finally:
             if self.receipts is not None:
                 self.receipts.replied()  # acks that came with `close` (or before a failure)
@@ -242,7 +244,9 @@ class BlockServer:
             logger.info("session %s closed", session_id.hex()[:8])
 
     async def _session_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, meta: RequestMeta,
-                            cache: Any, state: Any) -> None:
+                            cache: Any, state: Any, deferred: bool = False) -> None:
+        """Steps until `close`; with `deferred` (the client asked for `receipt_after_result`),
+        each step's receipt is signed after its result is sent and follows in its own frame."""
         while True:
             try:
                 frame = await asyncio.wait_for(read_frame(reader, self.limits.max_payload_bytes),
@@ -269,12 +273,31 @@ class BlockServer:
             step = int(frame.meta.get("step", 0))
             started = time.perf_counter()
             out, receipt, decision = await self._run("inference", meta, hidden.shape[0] * hidden.shape[1],
-                                                     self._compute_step, frame, hidden, cache, state, step)
-            await self._reply(writer, out, receipt, started, decision)
+                                                     self._compute_step, frame, hidden, cache, state, step,
+                                                     deferred)
+            if deferred:
+                await self._reply_then_receipt(writer, out, receipt, started, decision)
+            else:
+                await self._reply(writer, out, receipt, started, decision)
+
+    async def _reply_then_receipt(self, writer: asyncio.StreamWriter, out: torch.Tensor, sign: Any,
+                                  started: float, decision: TicketDecision) -> None:
+        """The result at once, then the receipt `sign()` makes (protocol/messages.py: the
+        client forwards the output to the next hop while this node hashes and signs)."""
+        assert self.receipts is not None
+        response = ResponseMeta(compute_ms=(time.perf_counter() - started) * 1e3, notice=decision.message,
+                                receipt_follows=True)
+        try:
+            await write_frame(writer, Frame("result", response.to_meta(), [tensor_to_wire(out)]))
+            await write_frame(writer, Frame("receipt", {"receipt": sign()}))
+        finally:
+            self.receipts.replied()  # the outbox writer stores the receipt now
+        self.requests_served += 1
 
     def _compute_step(self, frame: Frame, hidden: torch.Tensor, cache: Any, state: Any, step: int,
-                      decision: TicketDecision) -> Generator[None, None, tuple[torch.Tensor, Any]]:
-        """A task in steps, one block per step (as _compute_forward); then the receipt."""
+                      deferred: bool, decision: TicketDecision) -> Generator[None, None, tuple[torch.Tensor, Any]]:
+        """A task in steps, one block per step (as _compute_forward); then the receipt, or with
+        `deferred` a function that signs it once the result is sent."""
         per_block: list[torch.Tensor] = []
         for out in step_blocks(self.span, hidden, cache):
             if state is not None:
@@ -282,4 +305,6 @@ class BlockServer:
             yield
         if state is None:
             return out, None
+        if deferred:
+            return out, partial(self.receipts.sign_step, state, frame, hidden, out, per_block, step, decision)
         return out, self.receipts.sign_step(state, frame, hidden, out, per_block, step, decision)

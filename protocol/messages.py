@@ -19,7 +19,12 @@ RPCs (request kind -> reply kind):
   (meta: {"step": int}, tensors: [new hidden rows, shape [batch, t, hidden]]), each
   answered by a `result`; `ack` frames may come between steps; the
   client ends with `close` (or by closing the stream). The node does not answer
-  `open_session` itself; a refused session is answered by an `error` frame.
+  `open_session` itself; a refused session is answered by an `error` frame. A client
+  that puts `"receipt_after_result": true` in `open_session` gets each step's answer
+  as two frames: the `result` first (meta `receipt_follows: true`, empty `receipt`),
+  so it can pass the output on to the next hop at once, then a `receipt` frame (meta
+  {"receipt": SignedReceipt.to_bytes()}) that the node signs after sending the result
+  (or an `error` frame). Signing thus leaves the hop-to-hop critical path.
 - `open` (challenges): `open` frame (meta: {"receipt_id": 32 bytes, "block": absolute block
   index}) -> `openings` frame: meta {"receipt": SignedReceipt.to_bytes(), "block": int,
   "leaf_index": block - block_start, "num_leaves": int, "proof": [32-byte nodes] for
@@ -159,6 +164,7 @@ class ResponseMeta:
     receipt: bytes = b""
     compute_ms: float = 0.0
     notice: str = ""  # e.g. why an attached priority ticket was not honoured (served free)
+    receipt_follows: bool = False  # the receipt comes in the next frame (inference streams)
 
     def to_meta(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,7 +173,8 @@ class ResponseMeta:
     def from_meta(cls, meta: dict[str, Any]) -> ResponseMeta:
         receipt = meta.get("receipt") or b""
         return cls(receipt=bytes(receipt) if isinstance(receipt, (bytes, bytearray)) else b"",
-                   compute_ms=float(meta.get("compute_ms", 0.0)), notice=str(meta.get("notice", "")))
+                   compute_ms=float(meta.get("compute_ms", 0.0)), notice=str(meta.get("notice", "")),
+                   receipt_follows=meta.get("receipt_follows") is True)
 
 
 def expected_nbytes(dtype: str, shape: tuple[int, ...] | list[int]) -> int:

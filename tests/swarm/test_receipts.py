@@ -21,6 +21,7 @@ from protocol.messages import (
     parse_openings,
     read_frame,
     tensor_from_wire,
+    tensor_to_wire,
     write_frame,
 )
 from protocol.receipts import Kind, SignedReceipt
@@ -234,6 +235,91 @@ def test_a_receipt_that_fails_background_verification_gets_the_node_dropped(rece
         client.swarm.router.rtt.pop(honest_peer, None)
         client.swarm.router.banned_until.pop(liar.ready["peer_id"], None)
         liar.stop()
+
+
+def run_step_raw(client, ann, deferred: bool) -> list[Frame]:
+    """One step of a fresh inference session on `ann`, read frame by frame: the result, and
+    with `deferred` (receipt_after_result) the receipt frame after it."""
+    conn = client.swarm.conn
+    meta = client.swarm.meta(ann, bytes(range(16)), 0)
+
+    async def ask() -> list[Frame]:
+        reader, writer = await conn.open_stream(ann, "inference")
+        try:
+            opening = {**meta.to_meta(), "batch": 1, "max_length": 4}
+            if deferred:
+                opening["receipt_after_result"] = True
+            await write_frame(writer, Frame("open_session", opening))
+            await write_frame(writer, Frame("step", {"step": 0}, [tensor_to_wire(torch.randn(1, 2, 64))]))
+            frames = [await read_frame(reader)]
+            if deferred:
+                frames.append(await read_frame(reader))
+            await write_frame(writer, Frame("close"))
+            return frames
+        finally:
+            writer.close()
+
+    return conn.run(ask(), timeout=30)
+
+
+def test_a_step_result_comes_before_its_receipt_when_the_client_asks(receipt_swarm):
+    """receipt_after_result: the output leaves before the node hashes and signs; the receipt
+    in the next frame commits to exactly that output. Without it, one frame carries both."""
+    model, nodes, client, keys = receipt_swarm
+    ann = next(a for a in client.swarm.router.announcements if a.start == 0 and a.online)
+    result, receipt = run_step_raw(client, ann, deferred=True)
+    assert result.kind == "result" and result.meta["receipt_follows"] is True and not result.meta["receipt"]
+    assert receipt.kind == "receipt"
+    signed = SignedReceipt.from_bytes(bytes(receipt.meta["receipt"]))
+    assert signed.verify_node() and signed.receipt.kind == Kind.INFERENCE
+    assert signed.receipt.output_hash == tensor_digest(tensor_from_wire(result.tensors[0]))
+    (single,) = run_step_raw(client, ann, deferred=False)
+    assert single.meta["receipt_follows"] is False
+    assert SignedReceipt.from_bytes(bytes(single.meta["receipt"])).verify_node()
+
+
+def test_a_node_that_sends_no_receipt_after_its_result_is_dropped(receipt_swarm, dht_peer, monkeypatch, caplog):
+    """A node that answers step 1 but fails to deliver its receipt (here: signing breaks
+    after the result went out) is dropped like one with an invalid receipt; the tokens are
+    still exact, since the output itself was right."""
+    model, nodes, client, keys = receipt_swarm
+    real_make = node_cli.make_receipts
+
+    def no_receipt_at_step_1(cfg, span, manifest_hash):
+        signer = real_make(cfg, span, manifest_hash)
+        honest = signer.sign_step
+
+        def sign_step(state, frame, hidden, out, per_block, step, *rest):
+            if step == 1:
+                raise RuntimeError("signer broke")
+            return honest(state, frame, hidden, out, per_block, step, *rest)
+
+        signer.sign_step = sign_step
+        return signer
+
+    monkeypatch.setattr(node_cli, "make_receipts", no_receipt_at_step_1)
+    mute = InProcessNode([str(model), "--blocks", "2:4", "--initial-peers", *dht_peer, "--key",
+                          str(keys / "mute.key")]).wait()
+    monkeypatch.setattr(node_cli, "make_receipts", real_make)
+    try:
+        honest_peer = next(n.peer_id for n in nodes if n.ready["blocks"] == [2, 4])
+        client.swarm.router.rtt[honest_peer] = 10.0  # make the mute node look faster, so it is tried first
+        client.swarm.router.fetched_at = -1e9
+        ids = torch.tensor([[40, 41, 42]])
+        with caplog.at_level("INFO", logger="corolla.client"):
+            with client.inference_session(max_length=8) as session:
+                out = client.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+                assert session.spans[-1].ann.peer_id == honest_peer
+        assert client.swarm.router.banned_until.get(mute.ready["peer_id"])
+        assert any("sent no receipt after its result" in r.getMessage() for r in caplog.records)
+        from transformers import AutoModelForCausalLM
+
+        ref = AutoModelForCausalLM.from_pretrained(model).eval()
+        assert out.tolist() == ref.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False).tolist()
+    finally:
+        client.swarm.router.rtt.pop(honest_peer, None)
+        client.swarm.router.banned_until.pop(mute.ready["peer_id"], None)
+        mute.stop()
 
 
 def test_receipt_book_rejects_output_it_did_not_receive(receipt_swarm):
