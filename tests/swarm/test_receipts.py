@@ -148,25 +148,32 @@ def test_challenge_openings_hash_to_commitments_and_recompute(receipt_swarm):
     assert missing.kind == "error" and missing.meta["code"] == ErrorCode.NOT_FOUND
 
 
+def node_with_signer(model, dht_peer, key, monkeypatch, sign_step_for):
+    """An in-process node serving 2:4 whose `sign_step` is `sign_step_for(honest_sign_step)`."""
+    real_make = node_cli.make_receipts
+
+    def make_receipts(cfg, span, manifest_hash):
+        signer = real_make(cfg, span, manifest_hash)
+        signer.sign_step = sign_step_for(signer.sign_step)
+        return signer
+
+    monkeypatch.setattr(node_cli, "make_receipts", make_receipts)
+    try:
+        return InProcessNode([str(model), "--blocks", "2:4", "--initial-peers", *dht_peer, "--key", str(key)]).wait()
+    finally:
+        monkeypatch.setattr(node_cli, "make_receipts", real_make)
+
+
 def test_node_with_invalid_receipts_is_banned_and_routed_around(receipt_swarm, dht_peer, monkeypatch):
     """A third node serving 2:4 signs receipts for outputs it did not send: the client drops it."""
     model, nodes, client, keys = receipt_swarm
-    real_make = node_cli.make_receipts
-
-    def lying_receipts(cfg, span, manifest_hash):
-        signer = real_make(cfg, span, manifest_hash)
-        honest = signer.sign_step
-
+    def lying(honest):
         def sign_step(state, frame, hidden, out, per_block, step, *rest):
             return honest(state, frame, hidden, out + 1.0, per_block, step, *rest)  # commits to other output
 
-        signer.sign_step = sign_step
-        return signer
+        return sign_step
 
-    monkeypatch.setattr(node_cli, "make_receipts", lying_receipts)
-    liar = InProcessNode([str(model), "--blocks", "2:4", "--initial-peers", *dht_peer, "--key",
-                          str(keys / "liar.key")]).wait()
-    monkeypatch.setattr(node_cli, "make_receipts", real_make)
+    liar = node_with_signer(model, dht_peer, keys / "liar.key", monkeypatch, lying)
     try:
         honest_peer = next(n.peer_id for n in nodes if n.ready["blocks"] == [2, 4])
         client.swarm.router.rtt[honest_peer] = 10.0  # make the liar look faster, so it is tried first
@@ -192,22 +199,13 @@ def test_a_receipt_that_fails_background_verification_gets_the_node_dropped(rece
     `bad_step` of steps 0..3) is dropped before its next step, or, at the last step, when the
     session closes; the output is still exact and the lie is not kept as evidence."""
     model, nodes, client, keys = receipt_swarm
-    real_make = node_cli.make_receipts
-
-    def lying_once(cfg, span, manifest_hash):
-        signer = real_make(cfg, span, manifest_hash)
-        honest = signer.sign_step
-
+    def lying_once(honest):
         def sign_step(state, frame, hidden, out, per_block, step, *rest):
             return honest(state, frame, hidden, out + 1.0 if step == bad_step else out, per_block, step, *rest)
 
-        signer.sign_step = sign_step
-        return signer
+        return sign_step
 
-    monkeypatch.setattr(node_cli, "make_receipts", lying_once)
-    liar = InProcessNode([str(model), "--blocks", "2:4", "--initial-peers", *dht_peer, "--key",
-                          str(keys / f"liar-once-{bad_step}.key")]).wait()
-    monkeypatch.setattr(node_cli, "make_receipts", real_make)
+    liar = node_with_signer(model, dht_peer, keys / f"liar-once-{bad_step}.key", monkeypatch, lying_once)
     book = client.swarm.receipts
     book.receipts.clear()
     try:
@@ -283,24 +281,15 @@ def test_a_node_that_sends_no_receipt_after_its_result_is_dropped(receipt_swarm,
     after the result went out) is dropped like one with an invalid receipt; the tokens are
     still exact, since the output itself was right."""
     model, nodes, client, keys = receipt_swarm
-    real_make = node_cli.make_receipts
-
-    def no_receipt_at_step_1(cfg, span, manifest_hash):
-        signer = real_make(cfg, span, manifest_hash)
-        honest = signer.sign_step
-
+    def no_receipt_at_step_1(honest):
         def sign_step(state, frame, hidden, out, per_block, step, *rest):
             if step == 1:
                 raise RuntimeError("signer broke")
             return honest(state, frame, hidden, out, per_block, step, *rest)
 
-        signer.sign_step = sign_step
-        return signer
+        return sign_step
 
-    monkeypatch.setattr(node_cli, "make_receipts", no_receipt_at_step_1)
-    mute = InProcessNode([str(model), "--blocks", "2:4", "--initial-peers", *dht_peer, "--key",
-                          str(keys / "mute.key")]).wait()
-    monkeypatch.setattr(node_cli, "make_receipts", real_make)
+    mute = node_with_signer(model, dht_peer, keys / "mute.key", monkeypatch, no_receipt_at_step_1)
     try:
         honest_peer = next(n.peer_id for n in nodes if n.ready["blocks"] == [2, 4])
         client.swarm.router.rtt[honest_peer] = 10.0  # make the mute node look faster, so it is tried first
