@@ -159,37 +159,58 @@ class Verifier:
         self._held, first_seen, self._first_seen = {}, self._first_seen, {}
         quiet: dict[tuple[bytes, bytes], bool] = {}  # (node, client) -> no receipt for session_quiet_s
         for (node_key, session_id), group in sessions.items():
-            if not self.state.session_closed(node_key, session_id):
-                client_key = group[0][0].receipt.client_key
-                if (node_key, client_key) not in quiet:
-                    quiet[(node_key, client_key)] = self._pair_quiet(node_key, client_key, now)
-                # by the ledger's clock or by ours, whichever says longer: a verifier clock
-                # behind the ledger's cannot hold a session past the ledger's grace period
-                seen = [first_seen.get(s.id, now) for s, _ in group]
-                waited_s = (now - min(min(ingested for _, ingested in group), *seen)) / 1000
-                busy = not quiet[(node_key, client_key)] and waited_s < self.config.session_max_wait_s
-                if busy and not final:
-                    self._first_seen.update((s.id, t) for (s, _), t in zip(group, seen, strict=True))
-                    self._held[node_key.hex()] = self._held.get(node_key.hex(), 0) + len(group)
-                    continue
-                members = self.state.close_session(node_key, session_id, [s.id for s, _ in group])
-                logger.info(
-                    "session %s node %s: checking %d sampled steps (%d due) after %.0f s",
-                    session_id.hex()[:12],
-                    node_key.hex()[:12],
-                    len(members),
-                    len(group),
-                    waited_s,
-                )
-            ordered = [signed for signed, _ in sorted(group, key=lambda g: (g[0].receipt.step, g[0].id))]
-            self._open_session(ordered)
-            try:
-                for signed in ordered:
-                    self.check(signed)  # step order: each check extends what the last one held
-                    judged += 1
-            finally:
-                self._opened.clear()
+            if self.state.session_closed(node_key, session_id) or self._close_if_over(
+                node_key, session_id, group, now, first_seen, quiet, final
+            ):
+                judged += self._check_session(group)
         return judged
+
+    def _close_if_over(
+        self,
+        node_key: bytes,
+        session_id: bytes,
+        group: list[tuple[SignedReceipt, int]],
+        now: float,
+        first_seen: dict[bytes, float],
+        quiet: dict[tuple[bytes, bytes], bool],
+        final: bool,
+    ) -> bool:
+        """Record the session's due receipts as its members if it looks over (or `final`);
+        else hold them back for a later pass and return False."""
+        client_key = group[0][0].receipt.client_key
+        if (node_key, client_key) not in quiet:
+            quiet[(node_key, client_key)] = self._pair_quiet(node_key, client_key, now)
+        # by the ledger's clock or by ours, whichever says longer: a verifier clock
+        # behind the ledger's cannot hold a session past the ledger's grace period
+        seen = [first_seen.get(s.id, now) for s, _ in group]
+        waited_s = (now - min(min(ingested for _, ingested in group), *seen)) / 1000
+        busy = not quiet[(node_key, client_key)] and waited_s < self.config.session_max_wait_s
+        if busy and not final:
+            self._first_seen.update((s.id, t) for (s, _), t in zip(group, seen, strict=True))
+            self._held[node_key.hex()] = self._held.get(node_key.hex(), 0) + len(group)
+            return False
+        members = self.state.close_session(node_key, session_id, [s.id for s, _ in group])
+        logger.info(
+            "session %s node %s: checking %d sampled steps (%d due) after %.0f s",
+            session_id.hex()[:12],
+            node_key.hex()[:12],
+            len(members),
+            len(group),
+            waited_s,
+        )
+        return True
+
+    def _check_session(self, group: list[tuple[SignedReceipt, int]]) -> int:
+        """Judge a closed session's due receipts in step order (each check extends what the
+        last one held); returns how many were judged."""
+        ordered = [signed for signed, _ in sorted(group, key=lambda g: (g[0].receipt.step, g[0].id))]
+        self._open_session(ordered)
+        try:
+            for signed in ordered:
+                self.check(signed)
+        finally:
+            self._opened.clear()
+        return len(ordered)
 
     def _open_session(self, ordered: list[SignedReceipt]) -> None:
         """Challenge the session members still to judge, all at once (their commitments are
