@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from protocol.hashing import digest
-from verifier.recompute import BlockLoader, announced_weights, recompute, reference_rows
+from verifier.recompute import BlockLoader, announced_weights, recompute, span_rows
 
 METRIC = (
     "share = <claimed - ref, int8 - ref> / |int8 - ref|^2 and its z in noise units; "
@@ -117,11 +117,7 @@ def simulated_block(loader: BlockLoader, index: int, weights: torch.dtype) -> An
     if key in held:
         held.move_to_end(key)
         return held[key]
-    from models.span import BlockSpan
-
-    span = BlockSpan.load(loader.model, index, index + 1, dtype=torch.float32, device=loader.device)
-    for param in span.layers.parameters():
-        param.data = param.data.to(weights).to(torch.float32)
+    span = loader.load(index, weights)
     for layer in span.layers:
         quantize_linears_int8(layer)
     held[key] = span
@@ -141,13 +137,8 @@ def simulate_int8(
 ) -> torch.Tensor:
     """The last `new` rows of block `index` as a node with int8 weights would compute them
     (float32, `weights`-dtype weights round-tripped through int8)."""
-    span = simulated_block(loader, index, weights)
-    x = inputs.to(device=span.device, dtype=torch.float32)
     key = None if session is None else session + b"/int8-" + str(weights).encode()
-    out = reference_rows(
-        span, index, x, new, prefixes=loader.prefixes, session=key, cheap=loader.cheap_prefix
-    )
-    return out.to("cpu")
+    return span_rows(loader, simulated_block(loader, index, weights), index, inputs, new, session=key)
 
 
 def lower_precision_score(

@@ -88,16 +88,22 @@ class BlockLoader:
         if key in self._blocks:
             self._blocks.move_to_end(key)
             return self._blocks[key]
+        span = self.load(index, weights)
+        self.loads += 1
+        self._blocks[key] = span
+        while len(self._blocks) > self.capacity:
+            self._blocks.popitem(last=False)
+        return span
+
+    def load(self, index: int, weights: torch.dtype = torch.float32) -> Any:
+        """A fresh float32 BlockSpan of block `index`, parameters rounded to `weights` and
+        back, not held (`block` holds them; precision.py alters its own copies)."""
         from models.span import BlockSpan
 
         span = BlockSpan.load(self.model, index, index + 1, dtype=torch.float32, device=self.device)
         if weights != torch.float32:
             for param in span.layers.parameters():
                 param.data = param.data.to(weights).to(torch.float32)
-        self.loads += 1
-        self._blocks[key] = span
-        while len(self._blocks) > self.capacity:
-            self._blocks.popitem(last=False)
         return span
 
     @property
@@ -342,10 +348,17 @@ def recompute(
     `session` (e.g. node key + session id) lets the loader's `PrefixCache` reuse the keys
     and values of this session's prefix from earlier checks of the same block. `weights`:
     the dtype the block's parameters are rounded to (`BlockLoader.block`)."""
-    span = loader.block(index, weights)
-    x = inputs.to(device=span.device, dtype=torch.float32)
     if session is not None and weights != torch.float32:
         session = session + b"/" + dtype_name(weights).encode()  # keys/values differ per weights
+    return span_rows(loader, loader.block(index, weights), index, inputs, new, session=session)
+
+
+def span_rows(
+    loader: BlockLoader, span: Any, index: int, inputs: torch.Tensor, new: int, *, session: bytes | None
+) -> torch.Tensor:
+    """`reference_rows` of `span` (block `index`) with the loader's prefix cache and settings,
+    from the opened `inputs` in any dtype; float32 on the CPU."""
+    x = inputs.to(device=span.device, dtype=torch.float32)
     out = reference_rows(
         span, index, x, new, prefixes=loader.prefixes, session=session, cheap=loader.cheap_prefix
     )
