@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("cli.keys", "create or show an Ed25519 identity key file"),
     "ledger": ("ledger.cli", "run the ledger service (serve, check, close-epoch)"),
     "verifier": ("verifier.cli", "spot-check receipts (run, calibrate, recheck)"),
-    "chain": ("ledger.chain_cli", "deploy the settlement contracts to an EVM chain"),
+    "chain": ("ledger.chain_cli", "deploy the settlement contracts, show their state, slash a failed node"),
 }
 
 

@@ -2,7 +2,10 @@
 
 Creating the app opens the database (migrating the schema), loads or creates the ledger
 key and mints configured genesis grants. While serving, an APScheduler job closes an
-epoch every `epoch_minutes` and prunes old request nonces.
+epoch every `epoch_minutes` and prunes old request nonces. With a chain configured, one job
+at start-up catches up on epochs closed but not anchored, and another retries them every
+`anchor_retry_s` seconds, so a root whose post failed (chain unreachable) reaches the chain
+without waiting for the next epoch close; posting is idempotent (ledger/anchoring.py).
 """
 
 from __future__ import annotations
@@ -53,15 +56,18 @@ def _epoch_job(ctx: LedgerContext) -> None:
 
 
 def _anchor_job(ctx: LedgerContext) -> None:
+    """Anchor every closed epoch not yet on-chain (cheap no-op, no RPC, when there is none)."""
     from sqlmodel import Session, col, select
 
     from ledger.epochs import anchor
     from ledger.models import Epoch
 
     with Session(ctx.engine) as session:
-        latest = session.exec(select(col(Epoch.number)).order_by(col(Epoch.number).desc()).limit(1)).first()
-    if latest is not None:
-        anchor(ctx, latest)
+        pending = session.exec(select(col(Epoch.number)).where(col(Epoch.root).is_not(None),
+                                                               col(Epoch.anchor_tx).is_(None))
+                               .order_by(col(Epoch.number).desc()).limit(1)).first()
+    if pending is not None:
+        anchor(ctx, pending)
 
 
 def create_app(settings: Settings, identity: Identity | None = None) -> FastAPI:
@@ -79,6 +85,9 @@ def create_app(settings: Settings, identity: Identity | None = None) -> FastAPI:
                                   id="close-epoch", max_instances=1, coalesce=True)
             if settings.chain_rpc:  # catch up on epochs closed but not anchored before a restart
                 scheduler.add_job(_anchor_job, args=[ctx], id="anchor-catch-up")
+                if settings.anchor_retry_s > 0:  # and on epochs whose post failed since
+                    scheduler.add_job(_anchor_job, "interval", args=[ctx], seconds=settings.anchor_retry_s,
+                                      id="anchor-retry", max_instances=1, coalesce=True)
             scheduler.start()
         try:
             yield

@@ -1,10 +1,17 @@
-"""`corolla chain`: deploy the settlement contracts, make an EVM key file.
+"""`corolla chain`: deploy the settlement contracts, make an EVM key file, slash a node.
 
     corolla chain deploy --rpc URL --key FILE [--out deployment.json] [--poster ADDR]
                          [--unbonding-s N] [--verifier ADDR ...] [--quorum N]
     corolla chain status --rpc URL --addresses FILE
     corolla chain new-key --out FILE
     corolla chain devnet --dir DIR [--port N] [--ready-file PATH]
+    corolla chain sign-slash --ledger URL --key FILE (--receipt ID | --verdict ID) [--amount N]
+                             [--rpc URL] [--deployment FILE] [--json]
+    corolla chain slash --rpc URL --key FILE --node KEY --receipt ID --amount N
+                        --signature SIG [--signature SIG ...] [--ledger URL | --deployment FILE] [--json]
+
+`sign-slash` and `slash` turn a verifier's FAIL verdict into an on-chain slash of the
+node's stake (ledger/slashing.py says what each checks).
 
 `devnet` is for one-machine demos: it starts anvil from node_modules on 127.0.0.1, deploys,
 writes DIR/deployment.json plus key files of anvil's public dev accounts, and runs until
@@ -61,6 +68,32 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--dir", required=True, help="directory for deployment.json and the dev key files")
     dev.add_argument("--port", type=int, default=0, help="anvil port on 127.0.0.1 (default: a free one)")
     dev.add_argument("--ready-file", help="write {rpc, deployment, keys...} as JSON here once deployed")
+
+    sign = sub.add_parser("sign-slash", help="as a verifier, sign the slash of a failed receipt's node (EIP-712)")
+    sign.add_argument("--ledger", required=True, help="ledger URL the FAIL verdict and its receipt are read from")
+    sign.add_argument("--key", required=True, help="file holding the verifier's EVM private key")
+    which = sign.add_mutually_exclusive_group(required=True)
+    which.add_argument("--receipt", help="id of the failed receipt (its first FAIL verdict is used)")
+    which.add_argument("--verdict", help="id of the FAIL verdict")
+    sign.add_argument("--amount", type=int, help="token units to slash (default: the ledger's slash_multiple "
+                      "× the receipt's value, so every verifier signs the same terms)")
+    sign.add_argument("--rpc", help="EVM JSON-RPC URL: also check the node is registered, the receipt not yet "
+                      "slashed and the key a registered verifier")
+    sign.add_argument("--deployment", help="deployment file (default: the one the ledger publishes at /v1/chain)")
+    sign.add_argument("--json", action="store_true", help="print the signature with its terms as one JSON line")
+
+    sl = sub.add_parser("slash", help="submit verifiers' signatures to slash a node's stake for a failed receipt")
+    sl.add_argument("--rpc", required=True, help="EVM JSON-RPC URL")
+    sl.add_argument("--key", required=True, help="EVM key file of the sender (pays the gas; anyone may send)")
+    sl.add_argument("--node", required=True, help="the node's Ed25519 public key (64 hex digits)")
+    sl.add_argument("--receipt", required=True, help="the failed receipt's id (64 hex digits)")
+    sl.add_argument("--amount", required=True, type=int, help="token units to slash, as the verifiers signed")
+    sl.add_argument("--signature", action="append", required=True, metavar="SIG",
+                    help="a verifier's signature from `corolla chain sign-slash` (repeat for each)")
+    src = sl.add_mutually_exclusive_group(required=True)
+    src.add_argument("--deployment", help="deployment file written by `corolla chain deploy`")
+    src.add_argument("--ledger", help="ledger URL whose /v1/chain names the deployment")
+    sl.add_argument("--json", action="store_true", help="print the result as one JSON line")
 
     key = sub.add_parser("new-key", help="write a fresh EVM private key file (mode 0600) and print its address")
     key.add_argument("--out", required=True, help="key file to create; refuses to overwrite")
@@ -208,9 +241,50 @@ def _new_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sign_slash(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from ledger.chain import Chain, ChainError, Deployment, NodeRegistry, connect, load_evm_key
+    from ledger.slashing import deployment_from_ledger, fetch_failed_receipt, sign_failed_receipt
+
+    try:
+        account = load_evm_key(args.key)
+        failed = fetch_failed_receipt(args.ledger, receipt_id=args.receipt, verdict_id=args.verdict)
+        deployment = Deployment.load(args.deployment) if args.deployment else deployment_from_ledger(args.ledger)
+        registry = None
+        if args.rpc:
+            registry = NodeRegistry(Chain(connect(args.rpc), account), deployment)
+        signed = sign_failed_receipt(failed, account, deployment, args.amount, registry)
+    except ChainError as exc:
+        print(f"corolla chain sign-slash: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(asdict(signed)) if args.json else signed.signature)
+    return 0
+
+
+def _slash(args: argparse.Namespace) -> int:
+    from ledger.chain import Chain, ChainError, Deployment, connect, load_evm_key
+    from ledger.slashing import deployment_from_ledger, submit_slash
+
+    try:
+        deployment = Deployment.load(args.deployment) if args.deployment else deployment_from_ledger(args.ledger)
+        chain = Chain(connect(args.rpc), load_evm_key(args.key))
+        tx, stake = submit_slash(chain, deployment, args.node, args.receipt, args.amount, args.signature)
+    except ChainError as exc:
+        print(f"corolla chain slash: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"tx_hash": tx.tx_hash, "block": tx.block, "gas_used": tx.gas_used, "stake": stake}))
+    else:
+        print(f"slashed node {args.node.removeprefix('0x')} for receipt {args.receipt.removeprefix('0x')}: "
+              f"tx {tx.tx_hash} (block {tx.block}); stake left {stake}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    return {"deploy": _deploy, "status": _status, "new-key": _new_key, "devnet": _devnet}[args.cmd](args)
+    return {"deploy": _deploy, "status": _status, "new-key": _new_key, "devnet": _devnet,
+            "sign-slash": _sign_slash, "slash": _slash}[args.cmd](args)
 
 
 if __name__ == "__main__":

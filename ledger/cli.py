@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--chain-key", dest="chain_key_file", help="EVM key file that posts epoch roots")
     serve.add_argument("--chain-addresses", dest="chain_addresses_file",
                        help="contract addresses file written by `corolla chain deploy`")
+    serve.add_argument("--anchor-retry-s", type=float, help="retry anchoring closed but unanchored epochs every N "
+                       "seconds while the chain is unreachable; 0 disables (default 30)")
     serve.add_argument("--log-level", default="info", help="logging level (default info)")
 
     check = sub.add_parser("check", help="prove the journal invariants; exit 1 if any is violated")

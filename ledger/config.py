@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     chain_rpc: str | None = Field(default=None, description="EVM JSON-RPC URL; epochs are anchored when set")
     chain_key_file: str | None = Field(default=None, description="EVM key file that posts epoch roots")
     chain_addresses_file: str | None = Field(default=None, description="deployed contract addresses (corolla chain deploy)")
+    anchor_retry_s: float = Field(default=30.0, ge=0, description="with a chain, retry posting closed but unanchored "
+                                  "epochs every N seconds; 0 retries only at the next epoch close or restart")
 
     @property
     def verifier_key_bytes(self) -> set[bytes]:

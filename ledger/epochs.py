@@ -209,11 +209,15 @@ def anchor(ctx: LedgerContext, number: int) -> None:
     except ImportError:
         log.warning("chain_rpc is set but ledger.anchoring is not available; epoch %d not anchored", number)
         return
+    from ledger.chain import ChainError
+
     try:
         with ctx.anchor_lock, session_scope(ctx.engine) as session:
             epoch = session.get(Epoch, number)
             if epoch is not None:
                 anchor_epoch(session, epoch, ctx.settings)
+    except ChainError as exc:  # chain unreachable or refusing: expected, one line per attempt
+        log.warning("anchoring epoch %d failed: %s; it stays unanchored until the next attempt", number, exc)
     except Exception:
         log.exception("anchoring epoch %d failed; it stays unanchored until the next attempt", number)
 

@@ -13,12 +13,11 @@ import httpx
 import pytest
 
 from ledger.chain import Chain, Deployment, Settlement, connect, load_evm_key
-from tests.chain.anvil import ANVIL, ROOT
+from tests.chain.anvil import ANVIL, ROOT, require
 
 
 def test_devnet_deploys_serves_and_stops_cleanly(built_contracts: None, tmp_path: Path) -> None:
-    if not ANVIL.exists():
-        pytest.skip("anvil is absent: run `npm ci`")
+    require(ANVIL, "anvil")
     ready = tmp_path / "ready.json"
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "chain", "devnet", "--dir", str(tmp_path / "dev"),
                              "--ready-file", str(ready)], cwd=ROOT, stdout=subprocess.PIPE,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -255,3 +256,51 @@ def test_two_ledger_processes_racing_to_anchor_record_one_post(chain_env: Simple
     with Session(engine) as session:
         epoch = session.get(Epoch, number)
         assert epoch is not None and epoch.anchor_tx == posts[0][1]
+
+
+def test_a_root_whose_post_failed_is_retried_without_another_epoch_close(built_contracts: None,
+                                                                         tmp_path: Path) -> None:
+    """The chain is down when an epoch closes; once it is back, the ledger's retry job posts
+    the root (once) within a few retry periods, with no further epoch close or restart."""
+    from tests.chain.anvil import ANVIL, require
+
+    require(ANVIL, "anvil")
+    state = tmp_path / "anvil-state.json"
+    node = Anvil(["--dump-state", str(state)]).start()  # its own anvil: it goes down and comes back
+    try:
+        d = deploy(Chain(connect(node.url), DEPLOYER))
+        d.save(tmp_path / "deployment.json")
+        node.stop()  # dumps the chain's state, contracts included
+        node.args = ["--load-state", str(state)]
+        (tmp_path / "poster.key").write_text(DEV_KEYS[0] + "\n")
+        ledger = LedgerProcess(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path / "l", args=[
+            "--grace-s", "0", "--anchor-retry-s", "1", "--chain-rpc", node.url,
+            "--chain-key", str(tmp_path / "poster.key"), "--chain-addresses", str(tmp_path / "deployment.json")])
+        ledger.start()
+        try:
+            manifest, worker = small_manifest(), Identity.generate()
+            ledger.client().post("/v1/manifests", manifest.to_json())
+            ledger.client(worker).post("/v1/accounts/bind", make_binding(worker, Account.create().key).to_json())
+            _work(ledger, worker, manifest, 2)
+            closed = ledger.close_epoch()  # its post fails: nothing answers on the RPC port
+            assert closed["root"]
+            time.sleep(1.5)  # a retry period with the chain still down: still unanchored
+            assert ledger.client().get(f"/v1/epochs/{closed['number']}").json()["anchor_tx"] is None
+
+            node.start()  # the chain is back on the same port, with the same contracts
+            deadline = time.monotonic() + 30
+            while (epoch := ledger.client().get(f"/v1/epochs/{closed['number']}").json())["anchor_tx"] is None:
+                assert time.monotonic() < deadline, "the retry job did not anchor the epoch"
+                time.sleep(0.2)
+            time.sleep(2.5)  # two more retry periods: nothing is posted again
+            chain = SimpleNamespace(chain=Chain(connect(node.url), DEPLOYER), deployment=d)
+            posts = _posts(chain)
+            assert posts == [(closed["number"], epoch["anchor_tx"])]
+            assert Settlement(chain.chain, d).root_of(closed["number"]) == bytes.fromhex(closed["root"][2:])
+            log = (tmp_path / "l" / "server.log").read_text()
+            assert f"anchoring epoch {closed['number']} failed: no EVM JSON-RPC answers" in log
+            assert "Traceback" not in log  # an unreachable chain is one warning line per attempt
+        finally:
+            ledger.stop()
+    finally:
+        node.stop()
