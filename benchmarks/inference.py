@@ -2,7 +2,9 @@
 
 Both sides run in the same invocation on the same model with one torch thread per process
 (nodes run with --torch-threads 1, and this process sets 1), so the ratio is fair on a
-shared machine. per_hop_overhead_ms = (swarm ms/token - local ms/token) / hops.
+shared machine. Generation is timed in alternating rounds (swarm then local, local then
+swarm, ...), and per_hop_overhead_ms is the median over rounds of
+(swarm ms/token - local ms/token) / hops, so a load spike hits both sides of a round.
 
     .venv/bin/python benchmarks/inference.py [--layers 8 --hidden 512 --tokens 64] [--json]
 """
@@ -25,7 +27,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=8, help="blocks of the benchmark Llama (default 8)")
     p.add_argument("--hidden", type=int, default=512, help="hidden size (default 512)")
     p.add_argument("--tokens", type=int, default=64, help="new tokens per generation (default 64)")
-    p.add_argument("--repeats", type=int, default=3, help="timed generations per side (best is reported)")
+    p.add_argument("--repeats", type=int, default=9,
+                   help="alternating generation rounds (medians are reported; forward: best of these)")
     p.add_argument("--batch", type=int, default=4, help="forward batch size (default 4)")
     p.add_argument("--seq", type=int, default=128, help="forward sequence length (default 128)")
     p.add_argument("--nodes", type=int, default=2, help="nodes (hops) in the swarm (default 2)")
@@ -41,6 +44,19 @@ def best_time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - started)
     return min(times)
+
+
+def generation_rounds(swarm_fn, local_fn, rounds: int) -> tuple[list[float], list[float]]:
+    """Seconds per generation of each side, round by round, the order alternating."""
+    swarm_fn(), local_fn()  # warm-up
+    swarm_s, local_s = [], []
+    for r in range(rounds):
+        pair = ((swarm_fn, swarm_s), (local_fn, local_s))
+        for fn, times in (pair if r % 2 == 0 else pair[::-1]):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+    return swarm_s, local_s
 
 
 def measure_transport_ms(swarm, hidden: int, steps: int) -> float:
@@ -91,26 +107,31 @@ def main(argv: list[str]) -> int:
         stack.callback(swarm.close)
         local = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
 
-        ids = torch.randint(3, 500, (1, 8), generator=torch.Generator().manual_seed(0))
+        ids = torch.randint(4, 500, (1, 8), generator=torch.Generator().manual_seed(0))
         kw = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens, "do_sample": False}
         same = swarm.generate(ids, **kw).tolist() == local.generate(ids, **kw).tolist()
-        swarm_s = best_time(lambda: swarm.generate(ids, **kw), args.repeats)
-        local_s = best_time(lambda: local.generate(ids, **kw), args.repeats)
+        swarm_runs, local_runs = generation_rounds(lambda: swarm.generate(ids, **kw),
+                                                   lambda: local.generate(ids, **kw), args.repeats)
 
         transport_ms, stream_ms = measure_transport_ms(swarm, args.hidden, args.tokens)
-        batch = torch.randint(3, 500, (args.batch, args.seq), generator=torch.Generator().manual_seed(1))
+        batch = torch.randint(4, 500, (args.batch, args.seq), generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             fwd_swarm_s = best_time(lambda: swarm(batch), args.repeats)
             fwd_local_s = best_time(lambda: local(batch), args.repeats)
 
+    import statistics
+
     hops = len(nodes)
+    swarm_s, local_s = statistics.median(swarm_runs), statistics.median(local_runs)
     swarm_tps, local_tps = args.tokens / swarm_s, args.tokens / local_s
-    overhead_ms = (swarm_s - local_s) / args.tokens / hops * 1e3
+    per_round = sorted((s - lo) / args.tokens / hops * 1e3 for s, lo in zip(swarm_runs, local_runs, strict=True))
+    overhead_ms = statistics.median(per_round)
     fwd_tokens = args.batch * args.seq
     result = {
         "model": f"llama {args.layers}x{args.hidden}", "hops": hops, "tokens": args.tokens,
         "swarm_tokens_per_s": round(swarm_tps, 2), "local_tokens_per_s": round(local_tps, 2),
         "per_hop_overhead_ms": round(overhead_ms, 3),
+        "per_hop_overhead_ms_range": [round(per_round[0], 3), round(per_round[-1], 3)],
         "per_hop_transport_ms": round(transport_ms, 3),
         "per_hop_stream_roundtrip_ms": round(stream_ms, 3),
         "forward_tokens_per_s": round(fwd_tokens / fwd_swarm_s, 1),
@@ -126,7 +147,8 @@ def main(argv: list[str]) -> int:
     print(f"{'':28} {'swarm':>14} {'local':>14} {'ratio':>7}")
     for name, a, b, r in rows:
         print(f"{name:28} {a:>14} {b:>14} {r:>7}")
-    print(f"per-hop overhead vs local: {overhead_ms:.2f} ms/token; per-hop time outside node compute: "
+    print(f"per-hop overhead vs local: {overhead_ms:.2f} ms/token (median of {args.repeats} rounds, "
+          f"{per_round[0]:.2f}..{per_round[-1]:.2f}); per-hop time outside node compute: "
           f"{transport_ms:.2f} ms/token (stream round trip minus compute: {stream_ms:.2f} ms); swarm tokens identical to local: {same}")
     if args.json:
         print(json.dumps(result))

@@ -174,10 +174,10 @@ def main(argv: list[str]) -> int:
                                                              key=str(workdir / "client.key"))
         stack.callback(on.close)
 
-        ids = torch.randint(3, 500, (1, 8), generator=torch.Generator().manual_seed(0))
+        ids = torch.randint(4, 500, (1, 8), generator=torch.Generator().manual_seed(0))
         kw = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens, "do_sample": False}
         same = on.generate(ids, **kw).tolist() == off.generate(ids, **kw).tolist()  # also warms both up
-        batch = torch.randint(3, 500, (args.batch, args.seq), generator=torch.Generator().manual_seed(1))
+        batch = torch.randint(4, 500, (args.batch, args.seq), generator=torch.Generator().manual_seed(1))
         gen: dict[str, list[float]] = {"on": [], "off": []}
         fwd: dict[str, list[float]] = {"on": [], "off": []}
         meters = {"off": CpuMeter(off, pids_off), "on": CpuMeter(on, pids_on)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -53,6 +54,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-chain", action="store_true", help="skip on-chain settlement even if anvil is installed")
     p.add_argument("--quick", action="store_true", help="skip the priority-under-load part")
     p.add_argument("--hold", action="store_true", help="keep every service up at the end until Ctrl-C")
+    p.add_argument("--ready-file", help="once the demo has run and its services are up (with --hold: while "
+                                        "holding), write {pid, peer_id, maddrs, ledger_url, dashboard, model, ok} "
+                                        "as JSON here")
     return p.parse_args(argv)
 
 
@@ -220,6 +224,12 @@ def run(args: argparse.Namespace) -> int:
             say(f"operator0 claimed on-chain: token balance {balance}, ledger cumulative {cumulative} "
                 f"({'equal' if balance == cumulative else 'DIFFERENT'})")
             ok = ok and balance == cumulative
+        if args.ready_file:
+            from node.ready_file import write_ready_file
+
+            write_ready_file(args.ready_file, {
+                "pid": os.getpid(), "peer_id": peers[0].rsplit("/p2p/", 1)[-1], "maddrs": peers,
+                "ledger_url": url, "dashboard": f"{url}/dashboard", "model": str(model), "ok": ok})
         if args.hold:
             say(f"holding; dashboard at {url}/dashboard — Ctrl-C to stop")
             try:

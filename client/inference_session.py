@@ -115,11 +115,13 @@ class InferenceSession:
                 i += 1
             except NodeFailure as failure:
                 failures += 1
-                self.swarm.fail(failure)
+                if failure.ban:
+                    self.swarm.fail(failure)
                 if failures >= self.swarm.max_attempts:
                     raise
-                logger.info("re-routing blocks %d:%d after failure of %s", span.ann.start, span.ann.end,
-                            failure.peer_id[-8:])
+                logger.info("%s blocks %d:%d after %s of %s",
+                            "re-routing" if failure.ban else "re-opening", span.ann.start, span.ann.end,
+                            "failure" if failure.ban else "the session expired on idle", failure.peer_id[-8:])
                 await self._close_all([span])
                 self.spans[i : i + 1] = await self._open_chain(span.ann.start, span.ann.end, span.prefix(self.position))
                 previous = None  # the replacement chain's receipts restart the chain at this hop

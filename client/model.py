@@ -112,6 +112,7 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         session = self._session
+        _check_attention_mask(attention_mask, in_session=session is not None)
         if session is not None:
             seen = session.position - self._generate_offset
             if input_ids is not None:
@@ -136,6 +137,31 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
     def close(self) -> None:
         """Leave the swarm (stops the client's DHT peer and its loop thread)."""
         self.swarm.close()
+
+
+class PaddingNotSupportedError(ValueError):
+    """An attention_mask the swarm cannot honour (the nodes attend to every position sent)."""
+
+
+def _check_attention_mask(attention_mask: torch.Tensor | None, *, in_session: bool) -> None:
+    """Refuse masks that would change the result, rather than return wrong logits.
+
+    The nodes attend causally to every position they are sent: the protocol carries no mask.
+    Trailing padding (each row: ones, then zeros) leaves the real positions of a plain
+    forward exact, so it is allowed there; left padding, holes, or any padding while
+    generating (new tokens would attend to the pads) is refused."""
+    if attention_mask is None:
+        return
+    mask = attention_mask.to(torch.int64)
+    if bool((mask == 1).all()):
+        return
+    right_padded = bool(((mask == 0) | (mask == 1)).all()) and bool((mask[:, 1:] <= mask[:, :-1]).all())
+    if in_session or not right_padded:
+        raise PaddingNotSupportedError(
+            "attention_mask has padding the swarm cannot honour (nodes attend to every position sent): "
+            "generate prompts of different lengths one at a time or in batches of equal length; "
+            "a plain forward accepts right padding only (transformers' generate reads a prompt token equal "
+            "to the pad id as padding: pass attention_mask=torch.ones_like(input_ids) if it is a real token)")
 
 
 class AutoDistributedModelForCausalLM:

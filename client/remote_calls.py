@@ -43,12 +43,19 @@ USER_ERRORS = {ErrorCode.BAD_REQUEST, ErrorCode.TOO_LONG, ErrorCode.TOO_LARGE}
 
 
 class NodeFailure(Exception):
-    """A node failed in a way another node may not: ban it and re-route."""
+    """A node failed in a way another node may not: ban it and re-route. With `ban` False the
+    node did nothing wrong (it closed a session we left idle past its timeout): re-open, no ban."""
 
-    def __init__(self, peer_id: str, reason: str):
+    def __init__(self, peer_id: str, reason: str, *, ban: bool = True):
         super().__init__(f"node {peer_id[-8:]}: {reason}")
         self.peer_id = peer_id
         self.reason = reason
+        self.ban = ban
+
+
+# A session idle this long may have been closed by its node (`corolla node --session-idle-timeout`):
+# a broken stream after such a pause is an expired session, not a faulty node.
+IDLE_EXPIRY_S = 1.0
 
 
 @dataclass
@@ -72,9 +79,19 @@ def _check_reply(ann: NodeAnnouncement, frame: Frame) -> Frame:
     return frame
 
 
+def _expired(failure: NodeFailure, idle_s: float) -> bool:
+    """Did the node close this session for idling (its own words, or a dropped stream after a pause)?"""
+    if "idle too long" in failure.reason:
+        return True
+    return idle_s >= IDLE_EXPIRY_S and failure.reason.startswith(("connection failed", "stream closed"))
+
+
 async def _guarded(ann: NodeAnnouncement, coro: Any, timeout: float) -> Any:
+    """Await `coro` within `timeout` (in this task: no task per step, as wait_for would
+    make on Python 3.11); network and protocol errors become NodeFailure for this node."""
     try:
-        return await asyncio.wait_for(coro, timeout)
+        async with asyncio.timeout(timeout):
+            return await coro
     except TimeoutError:
         raise NodeFailure(ann.peer_id, f"no answer within {timeout:.1f} s") from None
     except asyncio.IncompleteReadError:
@@ -120,6 +137,7 @@ class SpanSession:
     _writer: asyncio.StreamWriter | None = None
     _receipt: asyncio.Future[Any] | None = None  # reading the receipt frame that follows a result
     _receipt_for: CallResult | None = None
+    _last_used: float = field(default_factory=time.monotonic)
 
     async def open(self, timeout: float) -> None:
         async def _open() -> None:
@@ -150,7 +168,12 @@ class SpanSession:
                 after_send()
             return await read_frame(self._reader)
 
-        reply = _check_reply(self.ann, await _guarded(self.ann, _roundtrip(), timeout))
+        idle_s, self._last_used = time.monotonic() - self._last_used, time.monotonic()
+        try:
+            reply = _check_reply(self.ann, await _guarded(self.ann, _roundtrip(), timeout))
+        except NodeFailure as failure:
+            failure.ban = not _expired(failure, idle_s)
+            raise
         elapsed = time.perf_counter() - started
         self.step_time_s = elapsed if self.step_time_s == 0 else 0.8 * self.step_time_s + 0.2 * elapsed
         self.history.append(hidden)

@@ -2,10 +2,11 @@
 
 Each handler validates its request (model, span, shapes, dtypes, sizes, session length)
 and answers with a `result` frame or an `error` frame that says what was wrong; a bad
-request never takes the node down. Compute goes through the TaskQueue (one worker
+request never takes the node down. Compute goes through the task queue (one worker
 thread), forwards and inference steps one block at a time (node/block_steps.py) so a
-more urgent task can run between blocks; the event loop only moves bytes. Frame formats:
-protocol/messages.py.
+more urgent task can run between blocks; the event loop moves bytes, and computes a short
+decode step of the node's only session itself when the queue is idle (no thread
+hand-off: node/task_pool.py). Frame formats: protocol/messages.py.
 """
 
 from __future__ import annotations
@@ -144,7 +145,8 @@ class BlockServer:
 
     async def _run(self, info_kind: str, meta: RequestMeta, tokens: int, fn: Any, *args: Any) -> tuple[Any, Any, TicketDecision]:
         decision = self._decide(meta, tokens)
-        info = TaskInfo(info_kind, tokens, decision.price_per_token if decision.paid else 0, meta.client_key)
+        info = TaskInfo(info_kind, tokens, decision.price_per_token if decision.paid else 0, meta.client_key,
+                        sole_session=info_kind == "inference" and self.open_sessions == 1)
         try:
             out, receipt = await self.queue.submit(info, fn, *args, decision)
         except BaseException:

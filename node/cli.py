@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -49,6 +50,7 @@ class NodeConfig:
     retention_s: float = 3600.0
     trust_ledger_keys: tuple[str, ...] = ()
     min_price: int = 1
+    session_idle_timeout_s: float = 300.0
 
 
 def parse_blocks(text: str) -> tuple[int, int]:
@@ -78,6 +80,9 @@ def parse_args(argv: list[str]) -> NodeConfig:
     p.add_argument("--max-cache-tokens", type=int, default=65536,
                    help="attention-cache budget: sum of batch × max_length over open sessions")
     p.add_argument("--max-session-length", type=int, default=8192, help="longest inference session accepted")
+    p.add_argument("--session-idle-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="close an inference session (and free its attention cache) after this many seconds "
+                        "without a step (default 300)")
     p.add_argument("--max-payload-mb", type=int, default=256, help="largest request payload accepted (MiB)")
     p.add_argument("--torch-threads", type=int, default=1,
                    help="torch intra-op threads (1 suits small models and shared machines)")
@@ -98,6 +103,8 @@ def parse_args(argv: list[str]) -> NodeConfig:
         raise UsageError(f"--port must be in 0..65535, got {a.port}")
     if a.max_cache_tokens < 1 or a.max_session_length < 1 or a.max_payload_mb < 1 or a.torch_threads < 1:
         raise UsageError("--max-cache-tokens, --max-session-length, --max-payload-mb, --torch-threads must be >= 1")
+    if not (math.isfinite(a.session_idle_timeout) and a.session_idle_timeout > 0):
+        raise UsageError(f"--session-idle-timeout must be a number of seconds > 0, got {a.session_idle_timeout:g}")
     if a.retention_mb < 0 or a.retention_s < 0:
         raise UsageError("--retention-mb and --retention-s must be >= 0")
     for hex_key in a.trust_ledger_key:
@@ -114,7 +121,8 @@ def parse_args(argv: list[str]) -> NodeConfig:
         raise UsageError("--ledger needs --key (receipts are signed with the node's key)")
     return NodeConfig(a.model, start, end, a.initial_peers, a.host, a.port, a.device, a.dtype, a.ready_file,
                       a.max_cache_tokens, a.max_session_length, a.max_payload_mb, a.torch_threads, a.key,
-                      a.ledger, a.outbox, a.retention_mb, a.retention_s, tuple(a.trust_ledger_key), a.min_price)
+                      a.ledger, a.outbox, a.retention_mb, a.retention_s, tuple(a.trust_ledger_key), a.min_price,
+                      a.session_idle_timeout)
 
 
 def load_span(cfg: NodeConfig) -> Any:
@@ -185,7 +193,8 @@ async def serve(cfg: NodeConfig, stop: asyncio.Event | None = None,
 
     dht = await start_dht_peer(cfg.initial_peers, cfg.host, cfg.port)
     queue = PriorityTaskQueue()  # paid before free, inference before bulk, free tasks age
-    limits = ServerLimits(cfg.max_cache_tokens, cfg.max_session_length, cfg.max_payload_mb << 20)
+    limits = ServerLimits(cfg.max_cache_tokens, cfg.max_session_length, cfg.max_payload_mb << 20,
+                          session_idle_timeout_s=cfg.session_idle_timeout_s)
     server = BlockServer(span, manifest_hash, queue, limits, receipts, make_ticket_gate(cfg, receipts))
     await server.add_handlers(dht.p2p)
     if receipts is not None:

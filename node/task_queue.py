@@ -29,6 +29,7 @@ class TaskInfo:
     tokens: int = 0
     priority: int = 0  # higher first (paid); 0 = free
     client_key: bytes = b""
+    sole_session: bool = False  # the node's only open inference session (may run inline when idle)
 
 
 def run_steps(result: Any) -> Any:

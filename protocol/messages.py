@@ -167,7 +167,9 @@ class ResponseMeta:
     receipt_follows: bool = False  # the receipt comes in the next frame (inference streams)
 
     def to_meta(self) -> dict[str, Any]:
-        return asdict(self)
+        # spelled out, not asdict(): this runs once per step on the node's reply path
+        return {"receipt": self.receipt, "compute_ms": self.compute_ms, "notice": self.notice,
+                "receipt_follows": self.receipt_follows}
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> ResponseMeta:

@@ -80,3 +80,34 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+@pytest.mark.slow
+def test_hold_writes_the_ready_file_and_keeps_the_swarm_up(tmp_path):
+    import json
+    import signal
+    import time
+    import urllib.request
+
+    ready = tmp_path / "demo.ready.json"
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "demo", "--quick", "--no-chain", "--nodes", "1",
+                             "--tune-steps", "2", "--max-new-tokens", "4", "--workdir", str(tmp_path / "demo"),
+                             "--hold", "--ready-file", str(ready)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 540
+        while not ready.exists():
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "no ready file"
+            time.sleep(0.5)
+        info = json.loads(ready.read_text())
+        assert info["pid"] == proc.pid and info["ok"] is True
+        assert info["maddrs"] and all(m.endswith("/p2p/" + info["peer_id"]) for m in info["maddrs"])
+        with urllib.request.urlopen(info["dashboard"], timeout=30) as page:  # still serving while it holds
+            assert page.status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from models import SUPPORTED_ARCHS
 from models.manifest_builder import load_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,13 +43,15 @@ def test_heads_that_do_not_divide_hidden_are_refused(tmp_path: Path) -> None:
     assert result.stderr.strip().count("\n") == 0 and "--heads 3" in result.stderr
 
 
-def test_make_model_writes_a_loadable_model_with_offline_tokenizer(tmp_path: Path) -> None:
-    out = tmp_path / "bloom"
-    result = _corolla("make-model", "--arch", "bloom", "--out", str(out), "--layers", "2", "--hidden", "64")
+@pytest.mark.parametrize("arch", SUPPORTED_ARCHS)
+def test_make_model_writes_a_loadable_model_with_offline_tokenizer(tmp_path: Path, arch: str) -> None:
+    out = tmp_path / arch
+    result = _corolla("make-model", "--arch", arch, "--out", str(out), "--layers", "2", "--hidden", "64")
     assert result.returncode == 0, result.stderr
     manifest = load_manifest(out)
     assert manifest.manifest_hash().hex() in result.stdout
     assert manifest.num_blocks == 2
+    assert manifest.config["model_type"] == arch
 
     from transformers import AutoTokenizer
 

@@ -298,6 +298,76 @@ def test_a_full_pool_is_a_busy_answer_for_the_client():
         gate.release.set()
 
 
+# ----- short decode steps on an idle pool run on the caller's thread ------------------------
+
+
+def test_a_lone_sessions_short_step_on_an_idle_pool_runs_on_the_loop_thread_and_is_booked():
+    import asyncio
+
+    from node.task_pool import PriorityTaskQueue
+    from node.task_queue import TaskInfo
+
+    def where(name: str):
+        yield  # a task in steps, as the block server's
+        return name, threading.get_ident()
+
+    async def scenario() -> dict[str, int]:
+        queue = PriorityTaskQueue()
+        try:
+            ran = dict([
+                await queue.submit(TaskInfo("inference", 1, 0, b"c", sole_session=True), where, "decode step"),
+                await queue.submit(TaskInfo("inference", 16, 2, b"c", sole_session=True), where, "paid 16 tokens"),
+                await queue.submit(TaskInfo("inference", 17, 0, b"c", sole_session=True), where, "17-token step"),
+                await queue.submit(TaskInfo("inference", 1, 0, b"c"), where, "one of several sessions"),
+                await queue.submit(TaskInfo("forward", 1, 0, b"c"), where, "forward"),
+            ])
+            assert queue.pool.stats.served_free == 4 and queue.pool.stats.served_paid == 1
+            assert (False, b"c") in queue.pool._last_tag and (True, b"c") in queue.pool._last_tag
+            return ran
+        finally:
+            queue.shutdown()
+
+    ran = asyncio.run(scenario())
+    me = threading.get_ident()
+    assert ran["decode step"] == me and ran["paid 16 tokens"] == me
+    assert ran["17-token step"] != me and ran["forward"] != me  # the worker thread
+    assert ran["one of several sessions"] != me  # in the queue: a paid step of another could be waiting
+
+
+def test_no_inline_step_while_the_pool_is_busy_and_no_worker_start_while_one_runs(pool):
+    gate = Gate(pool)
+    with pool.inline_slot(free()) as granted:  # a task is running: submit as usual
+        assert not granted
+    gate.release.set()
+    gate.future.result(5)
+
+    order: list[str] = []
+    with pool.inline_slot(free()) as granted:
+        assert granted
+        queued = pool.submit(order.append, "queued from another thread")
+        time.sleep(0.1)
+        assert not queued.done()  # held back while the inline step computes
+        order.append("inline")
+    queued.result(5)
+    assert order == ["inline", "queued from another thread"]
+    with pool.inline_slot(free()) as granted:  # idle again
+        assert granted
+
+
+def test_inline_steps_can_be_switched_off():
+    import asyncio
+
+    from node.task_pool import PriorityTaskQueue
+    from node.task_queue import TaskInfo
+
+    queue = PriorityTaskQueue(PoolConfig(inline_max_tokens=0))
+    try:
+        got = asyncio.run(queue.submit(TaskInfo("inference", 1, 0, b"c", sole_session=True), threading.get_ident))
+    finally:
+        queue.shutdown()
+    assert got != threading.get_ident()
+
+
 # ----- tasks in steps: preemption between blocks -------------------------------------------
 
 

@@ -61,3 +61,14 @@ def test_receipt_json_with_any_field_replaced_never_crashes(field, value):
 def test_any_json_value_never_crashes_the_parsers(value):
     for parse in (SignedReceipt.from_json, SignedTicket.from_json, SignedVerdict.from_json, Binding.from_json):
         _decodes_or_value_error(parse, value)
+
+
+@given(st.binary(max_size=200), st.floats(allow_nan=False), st.text(max_size=40), st.booleans())
+def test_response_meta_round_trips_every_field(receipt, compute_ms, notice, follows):
+    from dataclasses import asdict
+
+    from protocol.messages import ResponseMeta
+
+    meta = ResponseMeta(receipt, compute_ms, notice, follows)
+    assert meta.to_meta() == asdict(meta)  # the spelled-out encoder misses no field
+    assert ResponseMeta.from_meta(meta.to_meta()) == meta

@@ -16,7 +16,7 @@ def test_chain_generates_like_transformers(seed, spans, dht_peer, make_small_mod
     nodes = in_process_swarm(model, spans, dht_peer)
     client = AutoDistributedModelForCausalLM.from_pretrained(str(model), initial_peers=dht_peer)
     try:
-        ids = torch.randint(3, 500, (2, 6), generator=torch.Generator().manual_seed(seed))
+        ids = torch.randint(4, 500, (2, 6), generator=torch.Generator().manual_seed(seed))
         ref = reference_model(model)
         ours = client.generate(ids, max_new_tokens=20, min_new_tokens=20, do_sample=False)
         assert ours.tolist() == ref.generate(ids, max_new_tokens=20, min_new_tokens=20, do_sample=False).tolist()

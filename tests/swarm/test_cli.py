@@ -31,6 +31,8 @@ def test_generate_prints_the_same_tokens_as_transformers(llama_swarm, reference_
     (["node", "some-model", "--blocks", "4:2", "--initial-peers", "/ip4/127.0.0.1/tcp/1"], "need 0 <= START < END"),
     (["node", "some-model", "--blocks", "x", "--initial-peers", "/ip4/127.0.0.1/tcp/1"], "START:END"),
     (["node", "/nonexistent/model", "--blocks", "0:1", "--initial-peers", "/ip4/127.0.0.1/tcp/1"], "model"),
+    (["node", "some-model", "--blocks", "0:1", "--initial-peers", "/ip4/127.0.0.1/tcp/1", "--session-idle-timeout",
+      "0"], "--session-idle-timeout must be a number of seconds > 0, got 0"),
     (["generate", "m", "p", "--initial-peers", "x", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
     (["demo", "--nodes", "0"], "must be >= 1"),
 ])

@@ -9,7 +9,7 @@ from client.inference_session import SessionLengthError
 
 
 def prompt(batch: int, length: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(3, 500, (batch, length), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(4, 500, (batch, length), generator=torch.Generator().manual_seed(seed))  # 3 is the pad id
 
 
 def test_forward_logits_match_transformers_through_two_nodes(llama_swarm, llama_client, reference_model):
@@ -101,3 +101,26 @@ def test_session_over_max_length_is_a_clear_error(llama_swarm, llama_client):
     with llama_client.inference_session(max_length=6):
         with pytest.raises(SessionLengthError, match="max_length is 6"):
             llama_client.generate(prompt(1, 4), max_new_tokens=10, min_new_tokens=10, do_sample=False)
+
+
+def test_padded_batches_are_refused_or_exact_never_silently_wrong(llama_swarm, llama_client, reference_model):
+    from client.model import PaddingNotSupportedError
+
+    ref = reference_model(llama_swarm.model)
+    ids = prompt(2, 9, seed=4)
+    right = torch.ones_like(ids)
+    right[1, 6:] = 0  # second prompt is 6 tokens, padded on the right
+    with torch.no_grad():
+        ours, theirs = llama_client(ids, attention_mask=right).logits, ref(ids, attention_mask=right).logits
+    torch.testing.assert_close(ours[0], theirs[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours[1, :6], theirs[1, :6], atol=1e-5, rtol=1e-5)  # the real positions
+
+    left = torch.ones_like(ids)
+    left[1, :3] = 0
+    with pytest.raises(PaddingNotSupportedError, match="one at a time"), torch.no_grad():
+        llama_client(ids, attention_mask=left)
+    for mask in (left, right):  # generating after padding: new tokens would attend to the pads
+        with pytest.raises(PaddingNotSupportedError, match="batches of equal length"):
+            llama_client.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
+    # the swarm still serves the next caller
+    assert llama_client.generate(ids[:1], max_new_tokens=3, do_sample=False).shape == (1, 12)

@@ -52,7 +52,7 @@ def test_every_generate_step_has_verified_chained_countersigned_receipts(receipt
     model, nodes, client, keys = receipt_swarm
     book = client.swarm.receipts
     book.receipts.clear()
-    ids = torch.randint(3, 500, (1, 5), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(4, 500, (1, 5), generator=torch.Generator().manual_seed(0))
     client.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
     receipts = [r for r in book.receipts if r.receipt.kind == Kind.INFERENCE]
     assert len(receipts) == 6 * 2  # 6 steps (prompt + 5 new tokens fed back) x 2 nodes

@@ -67,7 +67,7 @@ def real_swarm(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     client = AutoDistributedModelForCausalLM.from_pretrained(
         str(model_dir), initial_peers=peers, key=str(tmp / "client.key")
     )
-    ids = torch.randint(3, 500, (1, 6), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(4, 500, (1, 6), generator=torch.Generator().manual_seed(0))
     client.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
     expected = 2 * 4  # 4 inference steps x 2 nodes
     reader = LedgerClient(ledger.url)
