@@ -68,12 +68,18 @@ class SlashSignature:
     signature: str  # 0x + 130 hex
 
 
-def _hex32(name: str, value: str) -> bytes:
+def _hex_bytes(text: str, size: int) -> bytes | None:
+    """`size` bytes from hex (0x optional), or None if it is not exactly that."""
     try:
-        raw = bytes.fromhex(value.removeprefix("0x"))
+        raw = bytes.fromhex(text.removeprefix("0x"))
     except ValueError:
-        raw = b""
-    if len(raw) != 32:
+        return None
+    return raw if len(raw) == size else None
+
+
+def _hex32(name: str, value: str) -> bytes:
+    raw = _hex_bytes(value, 32)
+    if raw is None:
         raise SlashError(f"{name} must be 64 hex digits, got {value!r}")
     return raw
 
@@ -176,11 +182,8 @@ def sign_failed_receipt(failed: FailedReceipt, account: LocalAccount, deployment
 
 
 def _signature(text: str) -> bytes:
-    try:
-        raw = bytes.fromhex(text.removeprefix("0x"))
-    except ValueError:
-        raw = b""
-    if len(raw) != 65:
+    raw = _hex_bytes(text, 65)
+    if raw is None:
         raise SlashError(f"signature {text[:20]!r}... is not 65 bytes of hex (0x + 130 hex digits)")
     return raw
 
