@@ -71,7 +71,7 @@ def anvil_tx_gas() -> dict[str, tuple[int, int]] | None:
     from eth_utils import keccak, to_checksum_address
 
     from ledger.chain import Chain, NodeRegistry, Settlement, TxResult, connect, deploy
-    from protocol.eip712 import SlashRequest, sign_slash
+    from protocol.eip712 import BindingAttestation, SlashRequest, sign_binding, sign_slash
     from protocol.merkle import BalanceTree
     from tests.chain.anvil import ANVIL, DEV_KEYS, Anvil
 
@@ -109,7 +109,8 @@ def anvil_tx_gas() -> dict[str, tuple[int, int]] | None:
         Settlement(op, d).claim(operator.address, 3 * 10**18, t3.proof(operator.address))
         key, receipt = b"\x42" * 32, b"\x24" * 32
         op_registry = NodeRegistry(op, d)
-        op_registry.register(key)
+        op_registry.register(key, sign_binding(owner.key, BindingAttestation(d.chain_id, d.registry, key,
+                                                                              operator.address)))
         op_registry.stake(key, 10**18)
         req = SlashRequest(d.chain_id, d.registry, key, receipt, 10**17)
         slash = registry.slash(key, receipt, 10**17, [sign_slash(v.key, req) for v in (va, vb)])

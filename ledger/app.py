@@ -25,7 +25,7 @@ from ledger.context import LedgerContext
 from ledger.db import make_engine, migrate
 from ledger.epochs import EpochBusy, close_epoch
 from ledger.genesis import apply_grants
-from ledger.routes import accounts, epochs, manifests, meta, receipts, tickets, verdicts
+from ledger.routes import accounts, bindings, epochs, manifests, meta, receipts, tickets, verdicts
 from ledger.signature_pool import SignaturePool
 from protocol.identity import Identity
 
@@ -111,7 +111,7 @@ def create_app(settings: Settings, identity: Identity | None = None) -> FastAPI:
         redirect_slashes=False,  # a junk empty path segment is a 404, not a redirect
     )
     app.state.ctx = ctx
-    for module in (receipts, verdicts, tickets, accounts, manifests, epochs, meta):
+    for module in (receipts, verdicts, tickets, accounts, bindings, manifests, epochs, meta):
         app.include_router(module.router)
 
     @app.exception_handler(OperationalError)

@@ -168,18 +168,27 @@ class Chain:
 
 
 def deploy(chain: Chain, *, poster: str | None = None, owner: str | None = None,
-           unbonding_delay_s: int = DEFAULT_UNBONDING_S) -> Deployment:
-    """Deploy Settlement (which deploys CorollaCredit) and NodeRegistry; the caller owns both.
+           unbonding_delay_s: int = DEFAULT_UNBONDING_S, attester: str | None = None) -> Deployment:
+    """Deploy Settlement (which deploys CorollaCredit) and NodeRegistry; `owner` (default: the
+    deployer) owns both.
 
     `poster` (default: the deployer) is the address the ledger posts epoch roots from.
+    `attester` (default: the poster, i.e. the ledger's chain key) signs the `Binding`
+    attestations without which NodeRegistry registers no node key; it is set here when the
+    deployer is the owner, otherwise the owner calls `setAttester` itself.
     """
     owner = to_checksum_address(owner or chain.address)
     poster = to_checksum_address(poster or chain.address)
+    if attester is not None and owner != to_checksum_address(chain.address):
+        raise ChainError("only the owner sets the attester: deploy without an attester, then setAttester as owner")
     first, settlement = chain.send(deploy=load_artifact("Settlement"), args=[owner, poster])
     assert settlement is not None
     token = chain.contract("Settlement", settlement).functions.token().call()
     _, registry = chain.send(deploy=load_artifact("NodeRegistry"), args=[owner, token, unbonding_delay_s])
     assert registry is not None
+    if owner == to_checksum_address(chain.address):
+        setter = chain.contract("NodeRegistry", registry).functions.setAttester
+        chain.send(setter(to_checksum_address(attester or poster)))
     return Deployment(chain_id=chain.chain_id, settlement=settlement, token=str(token), registry=registry,
                       deployer=chain.address, block=first.block, unbonding_delay_s=unbonding_delay_s)
 
@@ -250,8 +259,17 @@ class NodeRegistry:
         operator, unlock_at, stake, unbonding = self.c.functions.nodes(node_key).call()
         return NodeStake(str(operator), int(unlock_at), int(stake), int(unbonding))
 
-    def register(self, node_key: bytes) -> TxResult:
-        return self.chain.send(self.c.functions.register(node_key))[0]
+    def attester(self) -> str:
+        """The address whose `Binding` attestations admit registrations (zero: none yet)."""
+        return str(self.c.functions.attester().call())
+
+    def register(self, node_key: bytes, attestation: bytes) -> TxResult:
+        """Bind `node_key` to this chain's account, with the attester's `Binding` signature
+        for (node_key, this account) on this registry (ledger/registration.py gets one)."""
+        return self.chain.send(self.c.functions.register(node_key, attestation))[0]
+
+    def set_attester(self, attester: str) -> TxResult:
+        return self.chain.send(self.c.functions.setAttester(to_checksum_address(attester)))[0]
 
     def stake(self, node_key: bytes, amount: int) -> TxResult:
         """Approve the registry for `amount` and stake it."""

@@ -1,6 +1,6 @@
-"""`corolla chain`: deploy the settlement contracts, make an EVM key file, slash a node.
+"""`corolla chain`: deploy the settlement contracts, make an EVM key file, register and slash a node.
 
-    corolla chain deploy --rpc URL --key FILE [--out deployment.json] [--poster ADDR]
+    corolla chain deploy --rpc URL --key FILE [--out deployment.json] [--poster ADDR] [--attester ADDR]
                          [--unbonding-s N] [--verifier ADDR ...] [--quorum N]
     corolla chain status --rpc URL --addresses FILE
     corolla chain new-key --out FILE
@@ -9,12 +9,20 @@
                              [--rpc URL] [--deployment FILE] [--json]
     corolla chain slash --rpc URL --key FILE --node KEY --receipt ID --amount N
                         --signature SIG [--signature SIG ...] [--ledger URL | --deployment FILE] [--json]
+    corolla chain register --ledger URL --rpc URL --key FILE --node-key FILE [--deployment FILE] [--json]
+
+The NodeRegistry registers a node key only with an EIP-712 attestation from its attester,
+which `deploy` sets to --attester (default: the poster, i.e. the ledger's --chain-key, which
+itself defaults to the deployer). `register` is run by a node operator: it signs the
+binding of the node's Ed25519 key to its EVM address with both keys, gets the ledger's
+attestation (POST /v1/bindings/attest) and sends `register` (ledger/registration.py).
 
 `sign-slash` and `slash` turn a verifier's FAIL verdict into an on-chain slash of the
 node's stake (ledger/slashing.py says what each checks).
 
 `devnet` is for one-machine demos: it starts anvil from node_modules on 127.0.0.1, deploys,
-writes DIR/deployment.json plus key files of anvil's public dev accounts, and runs until
+writes DIR/deployment.json plus key files of anvil's public dev accounts (poster.key is the
+ledger's --chain-key: it posts roots and is the registry's attester), and runs until
 SIGINT/SIGTERM. Never use those keys on a real chain.
 
 The deployment file is what `corolla ledger serve --chain-addresses FILE` reads.
@@ -54,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     dep.add_argument("--key", required=True, help="file holding the deployer's hex private key (owner of both contracts)")
     dep.add_argument("--out", default="deployment.json", help="where to write the addresses (default deployment.json)")
     dep.add_argument("--poster", help="address allowed to post epoch roots (default: the deployer)")
+    dep.add_argument("--attester", metavar="ADDRESS",
+                     help="address whose EIP-712 Binding attestations admit node registrations: the ledger's "
+                     "--chain-key (default: the poster)")
     dep.add_argument("--unbonding-s", type=int, default=7 * 24 * 3600,
                      help="seconds between a stake withdrawal request and the withdrawal (default 7 days)")
     dep.add_argument("--verifier", action="append", default=[], metavar="ADDRESS",
@@ -95,6 +106,16 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--ledger", help="ledger URL whose /v1/chain names the deployment")
     sl.add_argument("--json", action="store_true", help="print the result as one JSON line")
 
+    reg = sub.add_parser("register", help="as a node operator, register the node's Ed25519 key to your EVM "
+                         "address with the ledger's attestation")
+    reg.add_argument("--ledger", required=True, help="ledger URL that attests the binding (its --chain-key is the "
+                     "registry's attester)")
+    reg.add_argument("--rpc", required=True, help="EVM JSON-RPC URL")
+    reg.add_argument("--key", required=True, help="file holding the operator's EVM private key (sends register)")
+    reg.add_argument("--node-key", required=True, help="the node's Ed25519 identity key file (corolla keys new)")
+    reg.add_argument("--deployment", help="deployment file (default: the one the ledger publishes at /v1/chain)")
+    reg.add_argument("--json", action="store_true", help="print the result as one JSON line")
+
     key = sub.add_parser("new-key", help="write a fresh EVM private key file (mode 0600) and print its address")
     key.add_argument("--out", required=True, help="key file to create; refuses to overwrite")
     return parser
@@ -105,7 +126,7 @@ def _deploy(args: argparse.Namespace) -> int:
 
     from ledger.chain import Chain, ChainError, NodeRegistry, connect, deploy, load_evm_key
 
-    for address in [args.poster, *args.verifier]:
+    for address in [args.poster, args.attester, *args.verifier]:
         if address is not None and not is_address(address):
             print(f"corolla chain deploy: {address!r} is not an EVM address (0x + 40 hex digits)", file=sys.stderr)
             return 2
@@ -115,7 +136,7 @@ def _deploy(args: argparse.Namespace) -> int:
         return 2
     try:
         chain = Chain(connect(args.rpc), load_evm_key(args.key))
-        deployment = deploy(chain, poster=args.poster, unbonding_delay_s=args.unbonding_s)
+        deployment = deploy(chain, poster=args.poster, unbonding_delay_s=args.unbonding_s, attester=args.attester)
         registry = NodeRegistry(chain, deployment)
         for verifier in args.verifier:
             registry.set_verifier(verifier, True)
@@ -126,7 +147,8 @@ def _deploy(args: argparse.Namespace) -> int:
         return 2
     deployment.save(args.out)
     print(f"chain {deployment.chain_id}: Settlement {deployment.settlement}, CorollaCredit {deployment.token}, "
-          f"NodeRegistry {deployment.registry} (block {deployment.block}); wrote {args.out}")
+          f"NodeRegistry {deployment.registry} (block {deployment.block}, attester "
+          f"{args.attester or args.poster or chain.address}); wrote {args.out}")
     return 0
 
 
@@ -146,7 +168,8 @@ def _status(args: argparse.Namespace) -> int:
         print(f"latest epoch {s.latestEpoch().call()}  root 0x{bytes(s.latestRoot().call()).hex()}  "
               f"total {s.latestTotal().call()}  claimed {s.totalClaimed().call()}")
         print(f"NodeRegistry {d.registry}  verifiers {r.verifierCount().call()}  quorum {r.quorum().call()}  "
-              f"staked {r.totalStaked().call()}  unbonding delay {d.unbonding_delay_s} s")
+              f"staked {r.totalStaked().call()}  unbonding delay {d.unbonding_delay_s} s  "
+              f"attester {r.attester().call()}")
     except ChainError as exc:
         print(f"corolla chain status: {exc}", file=sys.stderr)
         return 2
@@ -281,10 +304,38 @@ def _slash(args: argparse.Namespace) -> int:
     return 0
 
 
+def _register(args: argparse.Namespace) -> int:
+    from ledger.chain import Chain, ChainError, Deployment, connect, load_evm_key
+    from ledger.registration import register_node
+    from ledger.slashing import deployment_from_ledger
+    from protocol.identity import Identity
+
+    try:
+        node = Identity.load(args.node_key)
+    except (OSError, ValueError) as exc:
+        print(f"corolla chain register: {exc}", file=sys.stderr)
+        return 2
+    try:
+        deployment = Deployment.load(args.deployment) if args.deployment else deployment_from_ledger(args.ledger)
+        chain = Chain(connect(args.rpc), load_evm_key(args.key))
+        tx, att = register_node(chain, deployment, node, args.ledger)
+    except ChainError as exc:
+        print(f"corolla chain register: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"node_key": node.public_hex, "operator": chain.address, "registry": deployment.registry,
+                          "attester": att.attester, "tx_hash": tx.tx_hash, "block": tx.block,
+                          "gas_used": tx.gas_used}))
+    else:
+        print(f"registered node {node.public_hex} to {chain.address} in NodeRegistry {deployment.registry}: "
+              f"tx {tx.tx_hash} (block {tx.block})")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     return {"deploy": _deploy, "status": _status, "new-key": _new_key, "devnet": _devnet,
-            "sign-slash": _sign_slash, "slash": _slash}[args.cmd](args)
+            "sign-slash": _sign_slash, "slash": _slash, "register": _register}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="also pay receipts without the client's counter-signature")
     serve.add_argument("--verify-workers", type=int, help="processes verifying receipt signatures (default 0)")
     serve.add_argument("--chain-rpc", help="EVM JSON-RPC URL: anchor epoch roots there")
-    serve.add_argument("--chain-key", dest="chain_key_file", help="EVM key file that posts epoch roots")
+    serve.add_argument("--chain-key", dest="chain_key_file", help="EVM key file that posts epoch roots and signs "
+                       "binding attestations (POST /v1/bindings/attest; the NodeRegistry attester)")
     serve.add_argument("--chain-addresses", dest="chain_addresses_file",
                        help="contract addresses file written by `corolla chain deploy`")
     serve.add_argument("--anchor-retry-s", type=float, help="retry anchoring closed but unanchored epochs every N "

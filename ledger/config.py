@@ -34,7 +34,8 @@ class Settings(BaseSettings):
     max_ticket_ttl_s: int = Field(default=7 * 24 * 3600, gt=0, description="longest ticket lifetime")
     verify_workers: int = Field(default=0, ge=0, description="processes verifying signatures of large batches; 0 = in-line")
     chain_rpc: str | None = Field(default=None, description="EVM JSON-RPC URL; epochs are anchored when set")
-    chain_key_file: str | None = Field(default=None, description="EVM key file that posts epoch roots")
+    chain_key_file: str | None = Field(default=None, description="EVM key file that posts epoch roots and "
+                                          "signs NodeRegistry binding attestations")
     chain_addresses_file: str | None = Field(default=None, description="deployed contract addresses (corolla chain deploy)")
     anchor_retry_s: float = Field(default=30.0, ge=0, description="with a chain, retry posting closed but unanchored "
                                   "epochs every N seconds; 0 retries only at the next epoch close or restart")

@@ -181,6 +181,15 @@ class LedgerKey(BaseModel):
     epoch_minutes: float
 
 
+class BindingAttestationPublic(BaseModel):
+    node_key: Hex32
+    operator: str = Field(pattern=EVM_ADDRESS, description="the address allowed to register node_key")
+    chain_id: int
+    registry: str = Field(pattern=EVM_ADDRESS, description="the NodeRegistry the attestation is for")
+    attester: str = Field(pattern=EVM_ADDRESS, description="the ledger's chain key, NodeRegistry.attester()")
+    signature: str = Field(description="0x + 130 hex: pass to NodeRegistry.register(nodeKey, signature)")
+
+
 class CheckReport(BaseModel):
     ok: bool
     minted: int

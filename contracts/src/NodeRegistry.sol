@@ -13,17 +13,21 @@ import {CorollaCredit} from "./CorollaCredit.sol";
 ///         behind it. Stake leaves only after an unbonding delay, and until then both bonded
 ///         and unbonding stake can be slashed by a quorum of registered verifiers who sign
 ///         an EIP-712 `Slash` naming a failed receipt (each receipt slashable once).
-/// @dev Access control, in full: the owner manages the verifier set and the quorum; the
-///      operator bound to a key stakes, unbonds and withdraws for it; anyone may submit a
-///      slash that carries `quorum` distinct verifier signatures. Ed25519 cannot be checked
-///      on-chain: the off-chain binding message (protocol/binding.py) proves the key holder
-///      agreed; the contract binds the key to whoever registers it first.
+/// @dev Access control, in full: the owner manages the verifier set, the quorum and the
+///      attester; an operator registers a key only with the attester's EIP-712 `Binding`
+///      of that key to the operator's address; the operator bound to a key stakes, unbonds
+///      and withdraws for it; anyone may submit a slash that carries `quorum` distinct
+///      verifier signatures. Ed25519 cannot be checked on-chain, so the attester (the
+///      ledger's chain key) checks off-chain that the key holder signed the binding message
+///      (protocol/binding.py) and attests it; without an attester nobody can register.
 contract NodeRegistry is Ownable, EIP712 {
     using SafeERC20 for IERC20;
 
     /// @notice EIP-712 type of a slash authorisation (see protocol/eip712.py).
     bytes32 public constant SLASH_TYPEHASH =
         keccak256("Slash(bytes32 nodeKey,bytes32 receiptId,uint256 amount)");
+    /// @notice EIP-712 type of the attester's statement that `operator` holds `nodeKey`.
+    bytes32 public constant BINDING_TYPEHASH = keccak256("Binding(bytes32 nodeKey,address operator)");
 
     struct Node {
         address operator; // who registered the key; zero = unregistered
@@ -37,6 +41,8 @@ contract NodeRegistry is Ownable, EIP712 {
     /// @notice Seconds between a withdrawal request and the withdrawal.
     uint64 public immutable unbondingDelay;
 
+    /// @notice Who attests key bindings (zero until the owner sets one: no registration).
+    address public attester;
     /// @notice Signatures needed to slash.
     uint256 public quorum;
     /// @notice Number of registered verifiers.
@@ -52,6 +58,7 @@ contract NodeRegistry is Ownable, EIP712 {
 
     event VerifierSet(address indexed verifier, bool enabled);
     event QuorumSet(uint256 quorum);
+    event AttesterSet(address indexed attester);
     event NodeRegistered(bytes32 indexed nodeKey, address indexed operator);
     event Staked(bytes32 indexed nodeKey, uint256 amount, uint256 stake);
     event WithdrawalRequested(bytes32 indexed nodeKey, uint256 amount, uint64 unlockAt);
@@ -59,6 +66,8 @@ contract NodeRegistry is Ownable, EIP712 {
     event Slashed(bytes32 indexed nodeKey, bytes32 indexed receiptId, uint256 requested, uint256 slashed);
 
     error ZeroKey();
+    error ZeroAddress();
+    error InvalidAttestation(bytes32 nodeKey, address operator);
     error ZeroAmount();
     error KeyTaken(bytes32 nodeKey, address operator);
     error NotOperator(bytes32 nodeKey, address caller);
@@ -111,14 +120,28 @@ contract NodeRegistry is Ownable, EIP712 {
         emit QuorumSet(quorum_);
     }
 
+    /// @notice Set the address whose EIP-712 `Binding` signatures admit registrations.
+    ///         Attestations by a previous attester stop working.
+    /// @param attester_ The attester's signing address (the ledger's chain key); not zero.
+    function setAttester(address attester_) external onlyOwner {
+        if (attester_ == address(0)) revert ZeroAddress();
+        attester = attester_;
+        emit AttesterSet(attester_);
+    }
+
     // ---- operators ----
 
-    /// @notice Bind `nodeKey` (raw Ed25519 public key) to the caller.
+    /// @notice Bind `nodeKey` (raw Ed25519 public key) to the caller, first come first served,
+    ///         with the attester's EIP-712 `Binding(nodeKey, caller)` on this chain and registry.
     /// @param nodeKey The node's 32-byte Ed25519 public key.
-    function register(bytes32 nodeKey) external {
+    /// @param attestation The attester's 65-byte signature over `bindingDigest(nodeKey, msg.sender)`.
+    function register(bytes32 nodeKey, bytes calldata attestation) external {
         if (nodeKey == bytes32(0)) revert ZeroKey();
         address current = nodes[nodeKey].operator;
         if (current != address(0)) revert KeyTaken(nodeKey, current);
+        // A malformed signature recovers to zero, which never matches (even with no attester).
+        (address signer,,) = ECDSA.tryRecoverCalldata(bindingDigest(nodeKey, msg.sender), attestation);
+        if (signer == address(0) || signer != attester) revert InvalidAttestation(nodeKey, msg.sender);
         nodes[nodeKey].operator = msg.sender;
         emit NodeRegistered(nodeKey, msg.sender);
     }
@@ -202,6 +225,13 @@ contract NodeRegistry is Ownable, EIP712 {
     /// @param amount The amount to slash.
     function slashDigest(bytes32 nodeKey, bytes32 receiptId, uint256 amount) public view returns (bytes32) {
         return _hashTypedDataV4(keccak256(abi.encode(SLASH_TYPEHASH, nodeKey, receiptId, amount)));
+    }
+
+    /// @notice The EIP-712 digest the attester signs to let `operator` register `nodeKey`.
+    /// @param nodeKey The node's Ed25519 public key.
+    /// @param operator The address that may register it.
+    function bindingDigest(bytes32 nodeKey, address operator) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(BINDING_TYPEHASH, nodeKey, operator)));
     }
 
     /// @notice The EIP-712 domain separator (name "Corolla NodeRegistry", version "1").

@@ -67,8 +67,11 @@ contract GasTest is Test {
         registry.setVerifier(vm.addr(verifierA), true);
         registry.setVerifier(vm.addr(verifierB), true);
         registry.setQuorum(2);
+        uint256 attester = 0xA77E57;
+        registry.setAttester(vm.addr(attester));
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(attester, registry.bindingDigest(NODE, _account(0)));
         vm.startPrank(_account(0));
-        registry.register(NODE);
+        registry.register(NODE, abi.encodePacked(r, s, v));
         token.approve(address(registry), 1e18);
         registry.stake(NODE, 1e18);
         vm.stopPrank();

@@ -206,12 +206,15 @@ contract RegistryInvariantTest is Test {
             leaves[i] = BalanceTree.leaf(handler.operator(i), FUNDS);
         }
         settlement.postRoot(1, BalanceTree.root(leaves), uint96(n * FUNDS));
+        uint256 attesterKey = 0xA77E57;
+        registry.setAttester(vm.addr(attesterKey));
         for (uint256 i = 0; i < n; i++) {
             address op = handler.operator(i);
             bytes32 key = handler.nodeKey(i);
             settlement.claim(op, FUNDS, BalanceTree.proof(leaves, i));
+            (uint8 v, bytes32 r, bytes32 s) = vm.sign(attesterKey, registry.bindingDigest(key, op));
             vm.prank(op);
-            registry.register(key);
+            registry.register(key, abi.encodePacked(r, s, v));
         }
         registry.setVerifier(vm.addr(0xA1), true);
         registry.setVerifier(vm.addr(0xB2), true);

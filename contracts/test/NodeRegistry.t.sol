@@ -22,6 +22,7 @@ abstract contract RegistryFixture is Test {
     bytes32 constant NODE = bytes32(uint256(0xA11CE));
     uint64 constant DELAY = 7 days;
     uint256[] verifierKeys;
+    uint256 attesterKey = uint256(keccak256("attester"));
 
     function setUp() public virtual {
         settlement = new Settlement(owner, poster);
@@ -44,7 +45,21 @@ abstract contract RegistryFixture is Test {
             registry.setVerifier(vm.addr(verifierKeys[i]), true);
         }
         registry.setQuorum(2);
+        registry.setAttester(vm.addr(attesterKey));
         vm.stopPrank();
+    }
+
+    /// `key`'s EIP-712 `Binding(nodeKey, operator_)` signature for this registry.
+    function _attest(uint256 key, bytes32 nodeKey, address operator_) internal view returns (bytes memory) {
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, registry.bindingDigest(nodeKey, operator_));
+        return abi.encodePacked(r, s, v);
+    }
+
+    /// Register `nodeKey` as `operator_` with the attester's attestation.
+    function _register(address operator_, bytes32 nodeKey) internal {
+        bytes memory attestation = _attest(attesterKey, nodeKey, operator_); // before the prank
+        vm.prank(operator_);
+        registry.register(nodeKey, attestation);
     }
 
     function _fund(address a, uint256 amountA, address b, uint256 amountB) internal {
@@ -58,8 +73,8 @@ abstract contract RegistryFixture is Test {
     }
 
     function _registerAndStake(uint256 amount) internal {
+        _register(operator, NODE);
         vm.startPrank(operator);
-        registry.register(NODE);
         token.approve(address(registry), amount);
         registry.stake(NODE, amount);
         vm.stopPrank();
@@ -95,34 +110,117 @@ contract NodeRegistryTest is RegistryFixture {
     event Slashed(bytes32 indexed nodeKey, bytes32 indexed receiptId, uint256 requested, uint256 slashed);
     event VerifierSet(address indexed verifier, bool enabled);
     event QuorumSet(uint256 quorum);
+    event AttesterSet(address indexed attester);
 
     // ---- registration ----
 
     function test_RegisterBindsKeyToCaller() public {
+        bytes memory attestation = _attest(attesterKey, NODE, operator);
         vm.expectEmit(address(registry));
         emit NodeRegistered(NODE, operator);
         vm.prank(operator);
-        registry.register(NODE);
+        registry.register(NODE, attestation);
         (address op,,,) = registry.nodes(NODE);
         assertEq(op, operator);
     }
 
     function test_RegisterRejectsTakenAndZeroKey() public {
-        vm.prank(operator);
-        registry.register(NODE);
+        _register(operator, NODE);
+        bytes memory forOther = _attest(attesterKey, NODE, other);
         vm.expectRevert(abi.encodeWithSelector(NodeRegistry.KeyTaken.selector, NODE, operator));
         vm.prank(other);
-        registry.register(NODE);
+        registry.register(NODE, forOther);
+        bytes memory zero = _attest(attesterKey, bytes32(0), other);
         vm.expectRevert(NodeRegistry.ZeroKey.selector);
         vm.prank(other);
-        registry.register(bytes32(0));
+        registry.register(bytes32(0), zero);
+    }
+
+    function _expectRegisterRefused(address caller, bytes32 nodeKey, bytes memory attestation) internal {
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.InvalidAttestation.selector, nodeKey, caller));
+        vm.prank(caller);
+        registry.register(nodeKey, attestation);
+        (address op,,,) = registry.nodes(nodeKey);
+        assertEq(op, address(0));
+    }
+
+    /// The squatting the attestation prevents: another address cannot use (or copy) the
+    /// operator's attestation to take its key.
+    function test_AttestationForAnotherOperatorReverts() public {
+        _expectRegisterRefused(other, NODE, _attest(attesterKey, NODE, operator));
+    }
+
+    function test_AttestationForAnotherKeyReverts() public {
+        _expectRegisterRefused(operator, NODE, _attest(attesterKey, bytes32(uint256(0xB0B)), operator));
+    }
+
+    function test_AttestationFromNonAttesterReverts() public {
+        _expectRegisterRefused(operator, NODE, _attest(uint256(keccak256("stranger")), NODE, operator));
+        _expectRegisterRefused(operator, NODE, _attest(verifierKeys[0], NODE, operator));
+    }
+
+    function test_AttestationForAnotherChainOrRegistryReverts() public {
+        // The same terms signed for another chain id, then for another registry address.
+        uint256 chainId = block.chainid;
+        vm.chainId(chainId + 1);
+        bytes memory otherChain = _attest(attesterKey, NODE, operator);
+        vm.chainId(chainId);
+        _expectRegisterRefused(operator, NODE, otherChain);
+
+        NodeRegistry twin = new NodeRegistry(owner, token, DELAY);
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(attesterKey, twin.bindingDigest(NODE, operator));
+        assertTrue(twin.bindingDigest(NODE, operator) != registry.bindingDigest(NODE, operator));
+        _expectRegisterRefused(operator, NODE, abi.encodePacked(r, s, v));
+    }
+
+    function test_MalformedAttestationReverts() public {
+        _expectRegisterRefused(operator, NODE, hex"1234");
+        _expectRegisterRefused(operator, NODE, new bytes(65)); // recovers to no address
+    }
+
+    function test_NobodyRegistersBeforeAnAttesterIsSet() public {
+        NodeRegistry fresh = new NodeRegistry(owner, token, DELAY);
+        assertEq(fresh.attester(), address(0));
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.InvalidAttestation.selector, NODE, operator));
+        vm.prank(operator);
+        fresh.register(NODE, new bytes(65));
+    }
+
+    function test_NewAttesterVoidsOldAttestations() public {
+        bytes memory old = _attest(attesterKey, NODE, operator);
+        uint256 nextKey = uint256(keccak256("next attester"));
+        vm.expectEmit(address(registry));
+        emit AttesterSet(vm.addr(nextKey));
+        vm.prank(owner);
+        registry.setAttester(vm.addr(nextKey));
+        assertEq(registry.attester(), vm.addr(nextKey));
+        _expectRegisterRefused(operator, NODE, old);
+        bytes memory fresh = _attest(nextKey, NODE, operator);
+        vm.prank(operator);
+        registry.register(NODE, fresh);
+        (address op,,,) = registry.nodes(NODE);
+        assertEq(op, operator);
+    }
+
+    function test_SetAttesterRejectsZeroAddress() public {
+        vm.expectRevert(NodeRegistry.ZeroAddress.selector);
+        vm.prank(owner);
+        registry.setAttester(address(0));
+    }
+
+    function testFuzz_OnlyOwnerSetsAttester(address caller) public {
+        vm.assume(caller != owner);
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, caller));
+        vm.prank(caller);
+        registry.setAttester(caller);
+        assertEq(registry.attester(), vm.addr(attesterKey));
     }
 
     // ---- staking and unbonding ----
 
     function test_StakeMovesTokensIntoRegistry() public {
+        _register(operator, NODE);
         vm.startPrank(operator);
-        registry.register(NODE);
         token.approve(address(registry), 500e18);
         vm.expectEmit(address(registry));
         emit Staked(NODE, 500e18, 500e18);

@@ -94,11 +94,59 @@ contract VectorsTest is Test {
         address signer = vm.parseJsonAddress(json, string.concat(p, ".signer"));
         assertEq(signer, vm.addr(vm.parseJsonUint(json, string.concat(p, ".signer_private_key"))));
         registry.setVerifier(signer, true);
+        uint256 attesterKey = 0xA77E57;
+        registry.setAttester(vm.addr(attesterKey));
+        (uint8 v, bytes32 r, bytes32 s) =
+            vm.sign(attesterKey, registry.bindingDigest(nodeKey, address(0xB0B)));
         vm.prank(address(0xB0B));
-        registry.register(nodeKey);
+        registry.register(nodeKey, abi.encodePacked(r, s, v));
         bytes[] memory sigs = new bytes[](1);
         sigs[0] = vm.parseJsonBytes(json, string.concat(p, ".signature"));
         assertEq(registry.slash(nodeKey, receiptId, amount, sigs), 0); // nothing staked
         assertTrue(registry.slashedReceipts(receiptId));
+    }
+
+    function test_BindingDigestsAndSignaturesMatchVectors() public {
+        string memory json = vm.readFile("protocol/vectors/eip712.json");
+        assertEq(
+            keccak256(bytes(vm.parseJsonString(json, ".binding_type"))),
+            new NodeRegistry(address(this), CorollaCredit(address(0)), 0).BINDING_TYPEHASH()
+        );
+        uint256 n;
+        for (; vm.keyExistsJson(json, string.concat(".binding[", vm.toString(n), "]")); n++) {
+            _checkBindingCase(json, string.concat(".binding[", vm.toString(n), "]"));
+        }
+        assertEq(n, 3);
+    }
+
+    function _checkBindingCase(string memory json, string memory p) internal {
+        vm.chainId(vm.parseJsonUint(json, string.concat(p, ".chain_id")));
+        address where = vm.parseJsonAddress(json, string.concat(p, ".registry"));
+        deployCodeTo("NodeRegistry.sol", abi.encode(address(this), address(0), uint64(0)), where);
+        NodeRegistry registry = NodeRegistry(where);
+
+        bytes32 nodeKey = vm.parseJsonBytes32(json, string.concat(p, ".node_key"));
+        address operator = vm.parseJsonAddress(json, string.concat(p, ".operator"));
+        assertEq(registry.domainSeparator(), vm.parseJsonBytes32(json, string.concat(p, ".domain_separator")));
+        bytes32 structHash = keccak256(abi.encode(registry.BINDING_TYPEHASH(), nodeKey, operator));
+        assertEq(structHash, vm.parseJsonBytes32(json, string.concat(p, ".struct_hash")));
+        assertEq(
+            registry.bindingDigest(nodeKey, operator), vm.parseJsonBytes32(json, string.concat(p, ".digest"))
+        );
+
+        // The Python attestation admits exactly its operator once the signer is the attester.
+        address signer = vm.parseJsonAddress(json, string.concat(p, ".signer"));
+        assertEq(signer, vm.addr(vm.parseJsonUint(json, string.concat(p, ".signer_private_key"))));
+        registry.setAttester(signer);
+        bytes memory attestation = vm.parseJsonBytes(json, string.concat(p, ".signature"));
+        vm.expectRevert(
+            abi.encodeWithSelector(NodeRegistry.InvalidAttestation.selector, nodeKey, address(0xB0B))
+        );
+        vm.prank(address(0xB0B));
+        registry.register(nodeKey, attestation);
+        vm.prank(operator);
+        registry.register(nodeKey, attestation);
+        (address bound,,,) = registry.nodes(nodeKey);
+        assertEq(bound, operator);
     }
 }

@@ -10,7 +10,7 @@ import pytest
 from eth_account import Account
 
 from ledger.chain import Chain, ChainError, Deployment, NodeRegistry, Settlement, Token, connect, deploy
-from protocol.eip712 import SlashRequest, sign_slash, slash_digest
+from protocol.eip712 import BindingAttestation, SlashRequest, sign_binding, sign_slash, slash_digest
 from protocol.merkle import BalanceTree
 from tests.chain.anvil import DEV_KEYS, ROOT, Anvil
 
@@ -54,6 +54,7 @@ def test_deploy_cli_writes_addresses_the_ledger_reads(anvil: Anvil, tmp_path) ->
     registry = chain.contract("NodeRegistry", d.registry)
     assert registry.functions.quorum().call() == 2
     assert registry.functions.isVerifier(VERIFIER_B.address).call()
+    assert registry.functions.attester().call() == DEPLOYER.address  # default: the poster = the deployer
     assert json.loads(out.read_text())["registry"] == d.registry
 
     r = subprocess.run([sys.executable, "-m", "cli.main", "chain", "status", "--rpc", anvil.url,
@@ -124,13 +125,29 @@ def test_post_root_refuses_repeats_and_strangers(chain: Chain, deployment: Deplo
     assert found is not None and settlement.find_post(4) is None
 
 
+def test_deploy_sets_the_attester_and_only_its_attestations_register(chain: Chain, anvil: Anvil) -> None:
+    d = deploy(chain, attester=VERIFIER_C.address)
+    registry = NodeRegistry(as_(OPERATOR, anvil), d)
+    assert registry.attester() == VERIFIER_C.address
+    node_key = b"\x0f" * 32
+    terms = BindingAttestation(d.chain_id, d.registry, node_key, OPERATOR.address)
+    with pytest.raises(ChainError, match=r"InvalidAttestation\("):  # the deployer is not the attester here
+        registry.register(node_key, sign_binding(DEPLOYER.key, terms))
+    registry.register(node_key, sign_binding(VERIFIER_C.key, terms))
+    assert registry.node(node_key).operator == OPERATOR.address
+    with pytest.raises(ChainError, match="only the owner sets the attester"):
+        deploy(chain, owner=STRANGER.address, attester=VERIFIER_C.address)
+
+
 def _fund_and_stake(chain: Chain, deployment: Deployment, anvil: Anvil, node_key: bytes, amount: int) -> NodeRegistry:
     tree = BalanceTree([(OPERATOR.address, amount), (STRANGER.address, 1)])
     Settlement(chain, deployment).post_root(1, tree.root, amount + 1)
     op = as_(OPERATOR, anvil)
     Settlement(op, deployment).claim(OPERATOR.address, amount, tree.proof(OPERATOR.address))
     registry = NodeRegistry(op, deployment)
-    registry.register(node_key)
+    # deploy() made the deployer the attester: it vouches that OPERATOR holds node_key.
+    terms = BindingAttestation(deployment.chain_id, deployment.registry, node_key, OPERATOR.address)
+    registry.register(node_key, sign_binding(DEPLOYER.key, terms))
     registry.stake(node_key, amount)
     return registry
 

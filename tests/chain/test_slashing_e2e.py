@@ -20,6 +20,7 @@ from eth_account import Account
 
 from ledger.chain import Chain, NodeRegistry, Settlement, connect, deploy
 from ledger.chain_cli import main as chain_main
+from protocol.eip712 import BindingAttestation, sign_binding
 from protocol.identity import Identity
 from protocol.merkle import BalanceTree
 from protocol.verdicts import Reason, Result, SignedVerdict, Verdict
@@ -75,7 +76,8 @@ def world(anvil: Anvil, tmp_path: Path):  # type: ignore[no-untyped-def]
     op = Chain(connect(anvil.url), OPERATOR)
     Settlement(op, d).claim(OPERATOR.address, STAKE, tree.proof(OPERATOR.address))
     node = Identity.generate()
-    NodeRegistry(op, d).register(node.public_key)
+    terms = BindingAttestation(d.chain_id, d.registry, node.public_key, OPERATOR.address)
+    NodeRegistry(op, d).register(node.public_key, sign_binding(DEPLOYER.key, terms))  # the deployer attests
     NodeRegistry(op, d).stake(node.public_key, STAKE)
 
     # The ledger publishes the deployment (/v1/chain); no epoch is closed, so it posts nothing.
