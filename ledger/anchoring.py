@@ -43,9 +43,7 @@ def settlement_from_settings(settings: Any) -> Settlement:
         raise ChainError("anchoring needs --chain-rpc, --chain-key and --chain-addresses together")
     deployment = Deployment.load(settings.chain_addresses_file)
     chain = Chain(connect(settings.chain_rpc), load_evm_key(settings.chain_key_file))
-    if chain.chain_id != deployment.chain_id:
-        raise ChainError(f"{settings.chain_rpc} is chain {chain.chain_id}, but the deployment file is for "
-                         f"chain {deployment.chain_id}")
+    deployment.check_chain_id(chain.chain_id, settings.chain_rpc)
     return Settlement(chain, deployment)
 
 

@@ -48,6 +48,9 @@ class TxResult:
     gas_used: int
 
 
+ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+
+
 @dataclass(frozen=True)
 class Deployment:
     """Where the contracts live; written by `corolla chain deploy`."""
@@ -62,6 +65,11 @@ class Deployment:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    def check_chain_id(self, chain_id: int, rpc: str = "the RPC") -> None:
+        """ChainError unless the node we talk to is the chain these contracts are on."""
+        if chain_id != self.chain_id:
+            raise ChainError(f"{rpc} is chain {chain_id}, but the deployment is on chain {self.chain_id}")
 
     @classmethod
     def load(cls, path: str | Path) -> Deployment:
@@ -290,6 +298,12 @@ class NodeRegistry:
 
     def slashed(self, receipt_id: bytes) -> bool:
         return bool(self.c.functions.slashedReceipts(receipt_id).call())
+
+    def is_verifier(self, address: str) -> bool:
+        return bool(self.c.functions.isVerifier(to_checksum_address(address)).call())
+
+    def quorum(self) -> int:
+        return int(self.c.functions.quorum().call())
 
     def slash(self, node_key: bytes, receipt_id: bytes, amount: int, signatures: Sequence[bytes]) -> TxResult:
         """Submit verifiers' signatures (any order: sorted here by signer, as the contract needs)."""

@@ -160,8 +160,7 @@ def _status(args: argparse.Namespace) -> int:
     try:
         d = Deployment.load(args.addresses)
         w3 = connect(args.rpc)
-        if w3.eth.chain_id != d.chain_id:
-            raise ChainError(f"{args.rpc} is chain {w3.eth.chain_id}, the deployment is on chain {d.chain_id}")
+        d.check_chain_id(w3.eth.chain_id, args.rpc)
         s = w3.eth.contract(address=to_checksum_address(d.settlement), abi=load_artifact("Settlement").abi).functions
         r = w3.eth.contract(address=to_checksum_address(d.registry), abi=load_artifact("NodeRegistry").abi).functions
         print(f"chain {d.chain_id}  Settlement {d.settlement}  poster {s.poster().call()}")

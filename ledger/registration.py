@@ -26,12 +26,10 @@ import httpx
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 
-from ledger.chain import Chain, ChainError, Deployment, NodeRegistry, TxResult
+from ledger.chain import ZERO_ADDRESS, Chain, ChainError, Deployment, NodeRegistry, TxResult
 from protocol.binding import Binding, make_binding, verify_binding
 from protocol.eip712 import BindingAttestation, recover_binding_signer, sign_binding
 from protocol.identity import Identity
-
-ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 
 
 class RegistrationError(ChainError):
@@ -100,8 +98,7 @@ def check_attestation(att: Attestation, registry: NodeRegistry, node_key: bytes)
     """The attestation is for this key, this sender, this chain and registry, and signed by
     the registry's attester; the key is free. RegistrationError otherwise."""
     chain, deployment = registry.chain, registry.deployment
-    if chain.chain_id != deployment.chain_id:
-        raise RegistrationError(f"the RPC is chain {chain.chain_id}, the deployment is on chain {deployment.chain_id}")
+    deployment.check_chain_id(chain.chain_id)
     if (att.node_key, att.operator, att.chain_id, att.registry.lower()) != (
             node_key.hex(), to_checksum_address(chain.address), deployment.chain_id, deployment.registry.lower()):
         raise RegistrationError(f"the attestation is for key {att.node_key}, operator {att.operator} on chain "

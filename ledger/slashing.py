@@ -30,12 +30,10 @@ import httpx
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 
-from ledger.chain import Chain, ChainError, Deployment, NodeRegistry, TxResult
+from ledger.chain import ZERO_ADDRESS, Chain, ChainError, Deployment, NodeRegistry, TxResult
 from protocol.eip712 import SlashRequest, recover_slash_signer, sign_slash
 from protocol.receipts import SignedReceipt
 from protocol.verdicts import Result, SignedVerdict
-
-ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 
 
 class SlashError(ChainError):
@@ -143,12 +141,6 @@ def deployment_from_ledger(ledger_url: str) -> Deployment:
         raise SlashError("the ledger's /v1/chain is not a deployment file") from None
 
 
-def _check_chain(registry: NodeRegistry, deployment: Deployment) -> None:
-    if registry.chain.chain_id != deployment.chain_id:
-        raise SlashError(f"the RPC is chain {registry.chain.chain_id}, the deployment is on chain "
-                         f"{deployment.chain_id}")
-
-
 def _check_slashable(registry: NodeRegistry, node_key: bytes, receipt_id: bytes) -> None:
     if registry.node(node_key).operator == ZERO_ADDRESS:
         raise SlashError(f"node {node_key.hex()} is not registered in NodeRegistry {registry.deployment.registry}")
@@ -169,9 +161,9 @@ def sign_failed_receipt(failed: FailedReceipt, account: LocalAccount, deployment
                          f"receipt value {failed.value} = {failed.default_amount}); pass --amount N")
     node_key, receipt_id = failed.receipt.receipt.node_key, failed.receipt.id
     if registry is not None:
-        _check_chain(registry, deployment)
+        deployment.check_chain_id(registry.chain.chain_id)
         _check_slashable(registry, node_key, receipt_id)
-        if not registry.c.functions.isVerifier(account.address).call():
+        if not registry.is_verifier(account.address):
             raise SlashError(f"{account.address} is not a registered verifier of NodeRegistry {deployment.registry}")
     req = SlashRequest(deployment.chain_id, deployment.registry, node_key, receipt_id, amount)
     return SlashSignature(
@@ -192,7 +184,7 @@ def submit_slash(chain: Chain, deployment: Deployment, node_key: str, receipt_id
                  signatures: list[str]) -> tuple[TxResult, int]:
     """Check the signatures against the registry, then send `slash`; (tx, stake left)."""
     registry = NodeRegistry(chain, deployment)
-    _check_chain(registry, deployment)
+    deployment.check_chain_id(chain.chain_id)
     node, receipt = _hex32("node key", node_key), _hex32("receipt id", receipt_id)
     if amount <= 0:
         raise SlashError("the slash amount must be positive")
@@ -205,13 +197,13 @@ def submit_slash(chain: Chain, deployment: Deployment, node_key: str, receipt_id
             signer = to_checksum_address(recover_slash_signer(req, sig))
         except Exception:  # noqa: BLE001 - eth-keys raises several types for junk signatures
             raise SlashError(f"signature #{i} is not a valid ECDSA signature") from None
-        if not registry.c.functions.isVerifier(signer).call():
+        if not registry.is_verifier(signer):
             raise SlashError(f"signature #{i} recovers to {signer}, not a registered verifier: it was signed for "
                              f"other terms (node, receipt, amount {amount}, chain or registry) or by a non-verifier")
         if signer in signers:
             raise SlashError(f"signatures #{i} and an earlier one are from the same verifier {signer}")
         signers[signer] = sig
-    quorum = int(registry.c.functions.quorum().call())
+    quorum = registry.quorum()
     if len(signers) < quorum:
         raise SlashError(f"{len(signers)} verifier signature(s) given; NodeRegistry needs a quorum of {quorum}")
     tx = registry.slash(node, receipt, amount, list(signers.values()))

@@ -164,6 +164,21 @@ def node_with_signer(model, dht_peer, key, monkeypatch, sign_step_for):
         monkeypatch.setattr(node_cli, "make_receipts", real_make)
 
 
+def local_greedy(model, ids: torch.Tensor, tokens: int) -> torch.Tensor:
+    """What transformers generates greedily on the same model, run locally."""
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(model).eval()
+    return ref.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+
+
+def forget(client, honest_peer: str, node) -> None:
+    """Undo a test's routing bias and ban, and stop its extra node, so later tests route as before."""
+    client.swarm.router.rtt.pop(honest_peer, None)
+    client.swarm.router.banned_until.pop(node.ready["peer_id"], None)
+    node.stop()
+
+
 def test_node_with_invalid_receipts_is_banned_and_routed_around(receipt_swarm, dht_peer, monkeypatch):
     """A third node serving 2:4 signs receipts for outputs it did not send: the client drops it."""
     model, nodes, client, keys = receipt_swarm
@@ -183,13 +198,9 @@ def test_node_with_invalid_receipts_is_banned_and_routed_around(receipt_swarm, d
             out = client.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
             assert session.spans[-1].ann.peer_id == honest_peer
         assert client.swarm.router.banned_until.get(liar.peer_id)
-        from transformers import AutoModelForCausalLM
-
-        ref = AutoModelForCausalLM.from_pretrained(model).eval()
-        assert out.tolist() == ref.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False).tolist()
+        assert out.tolist() == local_greedy(model, ids, 4).tolist()
     finally:
-        client.swarm.router.rtt.pop(honest_peer, None)
-        liar.stop()
+        forget(client, honest_peer, liar)
 
 
 @pytest.mark.parametrize("bad_step", [1, 3])
@@ -225,14 +236,9 @@ def test_a_receipt_that_fails_background_verification_gets_the_node_dropped(rece
         assert (liar.ready["node_key"], bad_step) not in kept
         assert [step for key, step in kept if key == liar.ready["node_key"]] == list(range(bad_step))
         assert all(r.verify_client() for r in book.receipts)
-        from transformers import AutoModelForCausalLM
-
-        ref = AutoModelForCausalLM.from_pretrained(model).eval()
-        assert out.tolist() == ref.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False).tolist()
+        assert out.tolist() == local_greedy(model, ids, 4).tolist()
     finally:
-        client.swarm.router.rtt.pop(honest_peer, None)
-        client.swarm.router.banned_until.pop(liar.ready["peer_id"], None)
-        liar.stop()
+        forget(client, honest_peer, liar)
 
 
 def run_step_raw(client, ann, deferred: bool) -> list[Frame]:
@@ -301,14 +307,9 @@ def test_a_node_that_sends_no_receipt_after_its_result_is_dropped(receipt_swarm,
                 assert session.spans[-1].ann.peer_id == honest_peer
         assert client.swarm.router.banned_until.get(mute.ready["peer_id"])
         assert any("sent no receipt after its result" in r.getMessage() for r in caplog.records)
-        from transformers import AutoModelForCausalLM
-
-        ref = AutoModelForCausalLM.from_pretrained(model).eval()
-        assert out.tolist() == ref.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False).tolist()
+        assert out.tolist() == local_greedy(model, ids, 4).tolist()
     finally:
-        client.swarm.router.rtt.pop(honest_peer, None)
-        client.swarm.router.banned_until.pop(mute.ready["peer_id"], None)
-        mute.stop()
+        forget(client, honest_peer, mute)
 
 
 def test_receipt_book_rejects_output_it_did_not_receive(receipt_swarm):

@@ -114,6 +114,14 @@ class Swarm:
             out.append(self.client.receive(d))
         return session_id, out
 
+    def honest_session(self, steps: range) -> tuple[HonestNode, OpeningsPeer, bytes, list[SignedReceipt]]:
+        """An honest node on blocks 0:4, serving openings, whose session's receipts are posted."""
+        node = HonestNode(self.model_dir, 0, 4)
+        peer = self.serve(node)
+        session_id, receipts = self.session(node, steps)
+        self.post(receipts)
+        return node, peer, session_id, receipts
+
     def post(self, receipts: list[SignedReceipt]) -> None:
         poster = self.ledger.client(Identity.generate())
         resp = poster.post("/v1/receipts", {"receipts": [r.to_json() for r in receipts]})
@@ -255,10 +263,7 @@ def test_sampled_steps_of_a_session_share_one_block_and_reuse_its_prefix(
 def test_a_session_still_receiving_receipts_is_not_challenged_before_it_is_quiet(
     swarm: Swarm, tmp_path: Path
 ) -> None:
-    node = HonestNode(swarm.model_dir, 0, 4)
-    peer = swarm.serve(node)
-    sid, first = swarm.session(node, range(3))
-    swarm.post(first)
+    node, peer, sid, first = swarm.honest_session(range(3))
     v = swarm.verifier(tmp_path / "state.sqlite", session_quiet_s=30.0, session_max_wait_s=300.0)
     try:
         assert v.poll_once() == 0
@@ -280,10 +285,7 @@ def test_a_session_still_receiving_receipts_is_not_challenged_before_it_is_quiet
 def test_a_verifier_restarted_mid_session_neither_repeats_nor_skips_nor_redraws(
     swarm: Swarm, tmp_path: Path
 ) -> None:
-    node = HonestNode(swarm.model_dir, 0, 4)
-    peer = swarm.serve(node)
-    _, receipts = swarm.session(node, range(6))
-    swarm.post(receipts)
+    node, peer, _, receipts = swarm.honest_session(range(6))
     state = tmp_path / "state.sqlite"
     first = swarm.verifier(state, session_quiet_s=0.0)
     done = 0
@@ -375,10 +377,7 @@ def test_a_node_that_learned_its_session_block_gains_nothing_on_later_steps(
 def test_a_busy_session_is_checked_at_the_max_wait_even_when_the_verifier_clock_lags(
     swarm: Swarm, tmp_path: Path
 ) -> None:
-    node = HonestNode(swarm.model_dir, 0, 4)
-    peer = swarm.serve(node)
-    _, receipts = swarm.session(node, range(3))
-    swarm.post(receipts)
+    node, peer, _, receipts = swarm.honest_session(range(3))
     v = swarm.verifier(tmp_path / "state.sqlite", session_quiet_s=3600.0, session_max_wait_s=300.0)
     try:
         start = time.time() - 1000  # our clock 1000 s behind the ledger's
@@ -396,10 +395,7 @@ def test_a_busy_session_is_checked_at_the_max_wait_even_when_the_verifier_clock_
 
 
 def test_a_last_pass_checks_sessions_that_may_still_run(swarm: Swarm, tmp_path: Path) -> None:
-    node = HonestNode(swarm.model_dir, 0, 4)
-    swarm.serve(node)
-    sid, receipts = swarm.session(node, range(2))
-    swarm.post(receipts)
+    node, _, sid, receipts = swarm.honest_session(range(2))
     v = swarm.verifier(tmp_path / "state.sqlite", session_quiet_s=3600.0)
     try:
         assert v.poll_once() == 0
