@@ -21,7 +21,8 @@ receipts is, independently of what else the machine was doing.
     .venv/bin/python benchmarks/receipts.py [--layers 8 --hidden 512 --tokens 64] [--json]
 
 With --json the last line is one JSON object with overhead_fraction (inference, on vs off)
-and forward_overhead_fraction (medians of per-round ratios), the same from the medians
+and forward_overhead_fraction (medians of per-round ratios; `overhead_fraction_quartiles`
+says how far the rounds spread), the same from the medians
 of each swarm's timings (`*_of_medians`), and `cpu_us_per_token` ({"off"|"on": {part: µs}})
 with `cpu_overhead_fraction` (all parts' CPU on vs off).
 """
@@ -48,7 +49,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=8, help="blocks of the benchmark Llama (default 8)")
     p.add_argument("--hidden", type=int, default=512, help="hidden size (default 512)")
     p.add_argument("--tokens", type=int, default=64, help="new tokens per generation (default 64)")
-    p.add_argument("--rounds", type=int, default=10, help="alternating timed rounds per swarm (median kept)")
+    p.add_argument("--rounds", type=int, default=16, help="alternating timed rounds per swarm (median kept)")
     p.add_argument("--batch", type=int, default=4, help="forward batch size (default 4)")
     p.add_argument("--seq", type=int, default=128, help="forward sequence length (default 128)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -195,7 +196,9 @@ def main(argv: list[str]) -> int:
 
     ms_off, ms_on = statistics.median(gen["off"]) * 1e3, statistics.median(gen["on"]) * 1e3
     fwd_off, fwd_on = statistics.median(fwd["off"]), statistics.median(fwd["on"])
-    gen_ratio = statistics.median(on / off for on, off in zip(gen["on"], gen["off"], strict=True))
+    gen_ratios = sorted(on / off for on, off in zip(gen["on"], gen["off"], strict=True))
+    gen_ratio = statistics.median(gen_ratios)
+    quartiles = statistics.quantiles(gen_ratios, n=4) if len(gen_ratios) > 1 else [gen_ratio] * 3
     fwd_ratio = statistics.median(on / off for on, off in zip(fwd["on"], fwd["off"], strict=True))
     tokens = args.batch * args.seq
     generated = args.rounds * args.tokens
@@ -208,6 +211,7 @@ def main(argv: list[str]) -> int:
         "model": f"llama {args.layers}x{args.hidden}", "hops": 2,
         "latency_ms_per_token_off": round(ms_off, 3), "latency_ms_per_token_on": round(ms_on, 3),
         "overhead_fraction": round(gen_ratio - 1, 4),
+        "overhead_fraction_quartiles": [round(quartiles[0] - 1, 4), round(quartiles[2] - 1, 4)],
         "overhead_fraction_of_medians": round(ms_on / ms_off - 1, 4),
         "forward_tokens_per_s_off": round(tokens / fwd_off, 1), "forward_tokens_per_s_on": round(tokens / fwd_on, 1),
         "forward_overhead_fraction": round(fwd_ratio - 1, 4),
@@ -224,7 +228,8 @@ def main(argv: list[str]) -> int:
     print(f"{'generation (ms/token)':32} {ms_off:>12.2f} {ms_on:>12.2f} {result['overhead_fraction']:>9.1%}")
     print(f"{f'forward {args.batch}x{args.seq} (tokens/s)':32} {tokens / fwd_off:>12.0f} {tokens / fwd_on:>12.0f} "
           f"{result['forward_overhead_fraction']:>9.1%}")
-    print(f"(overhead = median over {args.rounds} rounds of on/off, each round timing both back to back)")
+    print(f"(overhead = median over {args.rounds} rounds of on/off, each round timing both back to back; "
+          f"generation quartiles {quartiles[0] - 1:.1%} … {quartiles[2] - 1:.1%})")
     print(f"{'generation rounds on/off':32} " + " ".join(f"{a / b:.3f}" for a, b in zip(gen["on"], gen["off"],
                                                                                      strict=True)))
     print(f"\nCPU time per generated token (µs, sum over {args.rounds} rounds of {args.tokens} tokens)")

@@ -6,42 +6,40 @@ the same blocks is opened and the stored inputs are replayed through it before t
 current step continues, so the replacement's cache is exactly what the failed node's was
 (correct by construction: nothing is recomputed from outputs we did not keep).
 
-With an identity, the client opens each span with `receipt_after_result`: a node sends a
-step's output first and signs its receipt after (protocol/messages.py), so the output goes
-on to the next hop before any hashing or signing. Each step's receipts are verified and
-counter-signed while the next hops and steps compute: a hop's check is held until the
-next request (the next hop's, or the
-next step's first) is written, then runs on the event-loop thread while that node computes
-(ReceiptBook.release(inline=True)), so it never competes for the GIL, or a core, with the
-client forwarding an output. Before a node gets its next
-step, the receipts of its earlier steps must have passed (they normally have by then), and
-their counter-signatures travel in the same write as that step; a node whose receipt
-failed is treated as failed there, one step late, like any other failure. `close()` (the
-end of `generate`) waits for every receipt still being checked, sends the last
-counter-signatures with `close` and bans a node whose last receipt failed.
+With an identity, the client opens each span with `receipt_with_next`: a node sends a
+step's output at once and signs its receipt after, and the receipt comes in front of the
+node's next answer, in the same write (protocol/messages.py). So the output goes on to the
+next hop before any hashing or signing, and a receipt costs no frame of its own. Each
+receipt is verified and counter-signed as soon as it is in, in step order, on the
+event-loop thread right after the next request is written, while that node computes
+(`_release`): it never competes with the client forwarding an output. A node's
+counter-signatures travel in the same write as its next step; a node whose receipt failed
+is treated as failed at its next step, like any other failure (so one to two steps after
+the result the receipt was for). `close()` (the end of `generate`) collects the receipts
+still owed (`SpanSession.finish`), checks them, sends the last counter-signatures with
+`close` and bans a node whose last receipts failed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import Future
+from collections import deque
 from typing import Any
 
 import torch
 
-from client.receipt_book import request_ref_for_step
+from client.receipt_book import ReceiptCheck, request_ref_for_step
 from client.remote_calls import CallResult, NodeFailure, SpanSession, new_session_id
 from client.swarm_context import SwarmContext
-from protocol.receipts import Kind, SignedReceipt
-
-PendingReceipt = Future[SignedReceipt]  # a receipt held or being checked by the receipt book
+from protocol.receipts import Kind
 
 logger = logging.getLogger("corolla.client")
 
 OPEN_TIMEOUT_S = 10.0
 PREFILL_TIMEOUT_S = 60.0
 MIN_STEP_TIMEOUT_S = 3.0
+FINISH_TIMEOUT_S = 3.0  # collecting a node's last receipts at close
 
 
 class SessionLengthError(ValueError):
@@ -60,9 +58,8 @@ class InferenceSession:
         self.steps = 0
         self.batch: int | None = None
         self.closed = False
-        self._awaiting: list[tuple[SpanSession, CallResult]] = []  # results whose receipt frame may be coming
-        self._release_lock = asyncio.Lock()
-        self._release_task: asyncio.Future[None] | None = None
+        # receipt checks in the order of their results, each with its span and result
+        self._checks: deque[tuple[SpanSession, CallResult, ReceiptCheck]] = deque()
         self.last_compute_ms: list[float] = []  # per hop, as reported by the nodes for the last step
         self.last_rtt_ms: list[float] = []  # per hop, stream round trip of the last step
 
@@ -83,6 +80,14 @@ class InferenceSession:
         self.position += hidden.shape[1]
         self.steps += 1
         return out.to(hidden.dtype)
+
+    def collect_receipts(self) -> None:
+        """Collect and check the receipts the nodes still owe (generate() calls this when it
+        returns inside a longer session): nothing is owed while the user pauses, so a node
+        that closes the session on idle takes no receipt with it. A node whose receipt failed
+        is re-routed at the next step (or banned at close)."""
+        if not self.closed and self.spans and self.swarm.receipts is not None:
+            self.swarm.conn.run(self._collect(self.spans))
 
     def close(self) -> None:
         if not self.closed:
@@ -128,40 +133,28 @@ class InferenceSession:
         return x
 
     async def _run_span(self, span: SpanSession, x: torch.Tensor, timeout: float,
-                        previous: PendingReceipt | None) -> tuple[CallResult, PendingReceipt | None]:
-        """One step on one node, once its earlier receipts passed; with an identity, its receipt
-        is held by the receipt book (chained to `previous`, the hop before in this step) and
-        checked once the next request is sent."""
+                        previous: ReceiptCheck | None) -> tuple[CallResult, ReceiptCheck | None]:
+        """One step on one node, once its receipts checked so far passed; with an identity, its
+        receipt is checked (chained to `previous`, the hop before in this step) once it is in."""
         book = self.swarm.receipts
-        await span.settle_receipts(None if book is None else self._release)
-        result = await span.step(x, self.steps, timeout, after_send=None if book is None else self._start_release)
-        if not result.response.receipt_follows:
-            self.swarm.observe(span.meta, result.response)  # else once the receipt is in (`_release`)
+        span.settle_receipts()
+        result = await span.step(x, self.steps, timeout, after_send=None if book is None else self._release)
         if book is None:
+            self.swarm.observe(span.meta, result.response)
             return result, None
-        pending = book.submit(span.ann, span.meta, Kind.INFERENCE, self.steps,
-                              request_ref_for_step(self.session_id, self.steps), result, previous, hold=True)
-        span.unchecked.append(pending)
-        if result.response.receipt_follows:
-            self._awaiting.append((span, result))
-        return result, pending
+        check = book.check_later(span.ann, span.meta, Kind.INFERENCE, self.steps,
+                                 request_ref_for_step(self.session_id, self.steps), result, previous)
+        span.unchecked.append(check)
+        self._checks.append((span, result, check))
+        return result, check
 
-    def _start_release(self) -> None:
-        """`_release` in the background: the held checks run while the next node computes."""
-        self._release_task = asyncio.ensure_future(self._release())
-
-    async def _release(self) -> None:
-        """Run the held receipt checks (ReceiptBook.release_inline), once each held result has
-        the receipt that follows it (SpanSession.receive_receipt); one release at a time, so
-        no check starts before its receipt is in."""
-        book = self.swarm.receipts
-        assert book is not None
-        async with self._release_lock:
-            while self._awaiting:
-                span, result = self._awaiting.pop(0)
-                await span.receive_receipt()
-                self.swarm.observe(span.meta, result.response)  # what the receipt charged
-            book.release_inline()
+    def _release(self) -> None:
+        """Run the receipt checks whose receipts are in, in the order of their results (a
+        check chains to the one before it); stop at the first receipt still owed."""
+        while self._checks and not self._checks[0][1].receipt_owed:
+            span, result, check = self._checks.popleft()
+            self.swarm.observe(span.meta, result.response)  # what the receipt charged
+            check.run()
 
     def _timeout(self, span: SpanSession, new_positions: int) -> float:
         if span.step_time_s == 0.0 or new_positions > 1:
@@ -174,7 +167,7 @@ class InferenceSession:
         for _attempt in range(self.swarm.max_attempts):
             chain = await self.swarm.router.route(start, end)
             spans = [SpanSession(self.swarm.conn, ann, self.swarm.meta(ann, self.session_id, 0), self.batch,
-                                 self.max_length, receipt_after_result=self.swarm.receipts is not None)
+                                 self.max_length, receipt_with_next=self.swarm.receipts is not None)
                      for ann in chain]
             try:
                 x, previous = prefix, None
@@ -189,13 +182,18 @@ class InferenceSession:
                 await self._close_all(spans)
         raise NodeFailure("?", f"could not open a chain for blocks {start}:{end} in {self.swarm.max_attempts} tries")
 
+    async def _collect(self, spans: list[SpanSession]) -> None:
+        if self.swarm.receipts is not None:
+            await asyncio.gather(*(span.finish(FINISH_TIMEOUT_S) for span in spans))
+            self._release()
+
     async def _close_all(self, spans: list[SpanSession]) -> None:
-        """Close after the spans' receipts are checked: their acks go with `close`; a node whose
-        receipt failed is banned (its outputs were delivered already, nothing to redo)."""
-        book = self.swarm.receipts
+        """Close once the spans' receipts are in and checked: their acks go with `close`; a node
+        whose receipt failed is banned (its outputs were delivered already, nothing to redo)."""
+        await self._collect(spans)
         for span in spans:
             try:
-                await span.settle_receipts(None if book is None else self._release)
+                span.settle_receipts()
             except NodeFailure as failure:
                 self.swarm.fail(failure)
             await span.close()

@@ -87,7 +87,10 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
         if self._session is not None:
             self._generate_offset = self._session.position
-            return super().generate(inputs, *args, **kwargs)
+            try:
+                return super().generate(inputs, *args, **kwargs)
+            finally:
+                self._session.collect_receipts()  # none left owed while the user pauses
         prompt_len = int(input_ids.shape[1]) if input_ids is not None else 1
         with self.inference_session(max_length=self._session_length(prompt_len, kwargs)):
             self._generate_offset = 0

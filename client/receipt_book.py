@@ -7,23 +7,21 @@ receipt (its output hash is this receipt's input hash). Anything else is a fault
 `NodeFailure`, so the caller bans it and re-routes. Accepted receipts are counter-signed
 (delivery acknowledged) and kept in `receipts`: the client's evidence of what it got.
 
-`verify` checks at once; `submit` checks on the book's one checker thread, in submission
-order, so an inference step hands its output on while the receipt is checked (the
-session waits for the verdict before the node's next step: see client/inference_session.py).
-`submit(..., hold=True)` only records the check; `release()` starts the held checks on the
-checker thread, `release(inline=True)` runs them at once in the caller's thread. An
-inference session releases them inline on its event-loop thread right after it has sent
-the next request: the loop has nothing else to do while that node computes, and the check
-then costs no thread hand-off and no contention for the GIL on the critical path.
+`verify` checks at once (forward and backward calls). An inference step's receipt comes
+later than its result (protocol/messages.py: `receipt_with_next`), so the session takes a
+`ReceiptCheck` with the result (`check_later`) and runs it once the receipt is in, in
+step order, on its event-loop thread while the next node computes
+(client/inference_session.py).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
 
 from client.remote_calls import CallResult, NodeFailure
 from protocol.dht_keys import NodeAnnouncement
@@ -49,9 +47,6 @@ class ReceiptBook:
     identity: Identity
     receipts: list[SignedReceipt] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _checker: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="corolla-receipts"))
-    _held: list[tuple[Future[SignedReceipt], tuple[Any, ...]]] = field(default_factory=list)
 
     @classmethod
     def from_key_file(cls, path: str) -> ReceiptBook:
@@ -97,59 +92,43 @@ class ReceiptBook:
             self.receipts.append(countersigned)
         return countersigned
 
-    def submit(self, ann: NodeAnnouncement, meta: RequestMeta, kind: Kind, step: int, request_ref: bytes,
-               result: CallResult, previous: Future[SignedReceipt] | SignedReceipt | None, *,
-               hold: bool = False) -> Future[SignedReceipt]:
-        """`verify` in the background: a future of the counter-signed receipt, or of NodeFailure.
-
-        `previous` may itself be a submitted receipt: it was submitted earlier, so the checker
-        thread has settled it by then (the chain is not checked against a rejected receipt).
-        With `hold`, the check starts at the next `release()` (or unheld `submit`); whoever
-        waits for the future must make sure that comes.
-        """
-        args = (ann, meta, kind, step, request_ref, result, previous)
-        future: Future[SignedReceipt] = Future()
-        with self._lock:
-            self._held.append((future, args))
-        if not hold:
-            self.release()
-        return future
-
-    def release(self, inline: bool = False) -> None:
-        """Start the held checks on the checker thread, in the order they were submitted; with
-        `inline`, run them now in this thread (their futures are settled on return).
-
-        Inline checks must not overlap the checker thread's (chaining reads the previous
-        check's result): a book is used either with inline releases only (an inference
-        session) or without them."""
-        with self._lock:
-            held, self._held = self._held, []
-            if not inline:
-                for future, args in held:  # under the lock: submission order is checking order
-                    self._checker.submit(self._run, future, args)
-                return
-        for future, args in held:
-            self._run(future, args)
-
-    def release_inline(self) -> None:
-        """`release(inline=True)`."""
-        self.release(inline=True)
-
-    def _run(self, future: Future[SignedReceipt], args: tuple[Any, ...]) -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            future.set_result(self._verify_chained(*args))
-        except BaseException as exc:  # NodeFailure for an invalid receipt, handed to the waiter
-            future.set_exception(exc)
-
-    def _verify_chained(self, ann: NodeAnnouncement, meta: RequestMeta, kind: Kind, step: int, request_ref: bytes,
-                        result: CallResult, previous: Future[SignedReceipt] | SignedReceipt | None) -> SignedReceipt:
-        if isinstance(previous, Future):
-            previous = previous.result() if previous.done() and previous.exception() is None else None
-        return self.verify(ann, meta, kind, step, request_ref, result, previous)
+    def check_later(self, ann: NodeAnnouncement, meta: RequestMeta, kind: Kind, step: int, request_ref: bytes,
+                    result: CallResult, previous: ReceiptCheck | None) -> ReceiptCheck:
+        """`verify`, to run once `result` has its receipt; chained to `previous`, the check of
+        the hop before (run before this one: checks run in the order they were made)."""
+        return ReceiptCheck(partial(self.verify, ann, meta, kind, step, request_ref, result), previous)
 
     @staticmethod
     def _fault(ann: NodeAnnouncement, problem: str) -> NodeFailure:
         logger.warning("node %s returned an invalid receipt: %s; treating it as faulty", ann.peer_id[-8:], problem)
         return NodeFailure(ann.peer_id, f"invalid receipt: {problem}")
+
+
+@dataclass
+class ReceiptCheck:
+    """One receipt check, held until its receipt is in: `run()` settles `outcome` with the
+    counter-signed receipt or the NodeFailure (an invalid receipt)."""
+
+    verify: Callable[[SignedReceipt | None], SignedReceipt]  # ReceiptBook.verify, but for `previous`
+    previous: ReceiptCheck | None
+    outcome: Future[SignedReceipt] = field(default_factory=Future)
+
+    def run(self) -> None:
+        """Check now, in this thread (once; the previous hop's check has run before, so the
+        chain is checked against its receipt unless that one was rejected)."""
+        if self.outcome.done():
+            return
+        previous = None
+        if self.previous is not None and self.previous.done() and self.previous.outcome.exception() is None:
+            previous = self.previous.outcome.result()
+        try:
+            self.outcome.set_result(self.verify(previous))
+        except BaseException as exc:  # NodeFailure for an invalid receipt, handed to the waiter
+            self.outcome.set_exception(exc)
+
+    def done(self) -> bool:
+        return self.outcome.done()
+
+    def result(self) -> SignedReceipt:
+        """The counter-signed receipt (raises the NodeFailure of an invalid one); after `run()`."""
+        return self.outcome.result(timeout=0)

@@ -9,12 +9,12 @@ reach the user: another node would refuse them too.
 from __future__ import annotations
 
 import asyncio
-import inspect
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
-from concurrent.futures import Future
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,12 +29,12 @@ from protocol.messages import (
     RequestMeta,
     ResponseMeta,
     WireError,
-    encode_frame,
     raise_if_error,
     read_frame,
     tensor_from_wire,
     tensor_to_wire,
     write_frame,
+    write_frames,
 )
 
 logger = logging.getLogger("corolla.client")
@@ -65,6 +65,7 @@ class CallResult:
     sent: Any  # the WireTensor that was sent (its digest is the receipt's input hash)
     received: Any  # the WireTensor received
     rtt_s: float
+    receipt_owed: bool = False  # the node sends this result's receipt later on its stream
 
 
 def _check_reply(ann: NodeAnnouncement, frame: Frame) -> Frame:
@@ -120,7 +121,11 @@ async def call_span(conn: SwarmConnection, ann: NodeAnnouncement, kind: str, met
 
 @dataclass
 class SpanSession:
-    """One node's part of an inference session: a stream kept open across steps."""
+    """One node's part of an inference session: a stream kept open across steps.
+
+    With `receipt_with_next`, a step's result comes without its receipt: the node sends the
+    receipt in front of its next answer (protocol/messages.py), so `owed` lists the results
+    still waiting for theirs, and `finish()` collects the last ones before `close()`."""
 
     conn: SwarmConnection
     ann: NodeAnnouncement
@@ -130,21 +135,20 @@ class SpanSession:
     history: list[torch.Tensor] = field(default_factory=list)  # inputs sent, for replay elsewhere
     position: int = 0
     step_time_s: float = 0.0
-    unchecked: list[Future[Any]] = field(default_factory=list)  # receipts being verified, oldest first
+    unchecked: list[Any] = field(default_factory=list)  # ReceiptChecks of our results, oldest first
     pending_acks: list[list[bytes]] = field(default_factory=list)  # counter-signatures for the next frame
-    receipt_after_result: bool = False  # ask for each step's receipt in a frame after its result
+    receipt_with_next: bool = False
+    owed: deque[CallResult] = field(default_factory=deque)  # results whose receipt is still to come
     _reader: asyncio.StreamReader | None = None
     _writer: asyncio.StreamWriter | None = None
-    _receipt: asyncio.Future[Any] | None = None  # reading the receipt frame that follows a result
-    _receipt_for: CallResult | None = None
     _last_used: float = field(default_factory=time.monotonic)
 
     async def open(self, timeout: float) -> None:
         async def _open() -> None:
             self._reader, self._writer = await self.conn.open_stream(self.ann, "inference")
             meta = {**self.meta.to_meta(), "batch": self.batch, "max_length": self.max_length}
-            if self.receipt_after_result:
-                meta["receipt_after_result"] = True
+            if self.receipt_with_next:
+                meta["receipt_with_next"] = True
             frame = Frame("open_session", meta)
             await write_frame(self._writer, frame)
 
@@ -152,21 +156,18 @@ class SpanSession:
 
     async def step(self, hidden: torch.Tensor, step: int, timeout: float, extra: dict[str, Any] | None = None,
                    after_send: Callable[[], Any] | None = None) -> CallResult:
-        """One step; `after_send()` runs once the request is written, while the node computes.
-        With `receipt_after_result`, the result's receipt is read in the background after it
-        (`receive_receipt`)."""
+        """One step; `after_send()` runs once the request is written, while the node computes."""
         assert self._reader is not None and self._writer is not None, "session not opened"
-        await self.receive_receipt()  # the previous step's receipt frame comes before this reply
         wire = tensor_to_wire(hidden)
         started = time.perf_counter()
 
         async def _roundtrip() -> Frame:
-            assert self._reader is not None and self._writer is not None
+            assert self._writer is not None
             step_frame = Frame("step", {"step": step, **(extra or {})}, [wire])
-            await _write_frames(self._writer, [*self._ack_frames(), step_frame])  # acks ride along
+            await write_frames(self._writer, [*self._ack_frames(), step_frame])  # acks ride along
             if after_send is not None:
                 after_send()
-            return await read_frame(self._reader)
+            return await self._read_answer()
 
         idle_s, self._last_used = time.monotonic() - self._last_used, time.monotonic()
         try:
@@ -178,47 +179,63 @@ class SpanSession:
         self.step_time_s = elapsed if self.step_time_s == 0 else 0.8 * self.step_time_s + 0.2 * elapsed
         self.history.append(hidden)
         self.position += hidden.shape[1]
-        result = CallResult(tensor_from_wire(reply.tensors[0]), ResponseMeta.from_meta(reply.meta), wire,
-                            reply.tensors[0], elapsed)
-        if result.response.receipt_follows:
-            self._receipt = asyncio.ensure_future(asyncio.wait_for(read_frame(self._reader), timeout))
-            self._receipt_for = result
+        response = ResponseMeta.from_meta(reply.meta)
+        result = CallResult(tensor_from_wire(reply.tensors[0]), response, wire, reply.tensors[0], elapsed,
+                            receipt_owed=response.receipt_follows)
+        if result.receipt_owed:
+            self.owed.append(result)
         return result
 
-    async def receive_receipt(self) -> None:
-        """Put the receipt frame that follows the last result into that result. A missing,
-        late or malformed one leaves its receipt empty, which the receipt book rejects as this
-        node's fault (the node is then dropped at its next step, as for a bad receipt)."""
-        task, result = self._receipt, self._receipt_for
-        if task is None or result is None:
-            return
-        try:  # cleared only once read, so a second caller waits for the same read
-            frame = raise_if_error(await task)
-            receipt = frame.meta.get("receipt") if frame.kind == "receipt" else None
-            if isinstance(receipt, (bytes, bytearray)):
+    async def _read_answer(self) -> Frame:
+        """The node's next answer; the receipts it owes come in front of it."""
+        assert self._reader is not None
+        while True:
+            frame = await read_frame(self._reader)
+            if frame.kind != "receipt":
+                return frame
+            if not self.owed:
+                logger.info("node %s sent a receipt for no result of ours; ignored", self.ann.peer_id[-8:])
+                continue
+            result = self.owed.popleft()
+            receipt = frame.meta.get("receipt")
+            if isinstance(receipt, (bytes, bytearray)):  # else it stays empty: the receipt book rejects it
                 result.response = replace(result.response, receipt=bytes(receipt))
-            else:
-                logger.info("node %s sent a %r frame where its receipt belonged", self.ann.peer_id[-8:], frame.kind)
-        except Exception as exc:  # the book reports the missing receipt
-            logger.info("node %s sent no receipt after its result: %s", self.ann.peer_id[-8:], exc)
-        finally:
-            if self._receipt is task:
-                self._receipt = self._receipt_for = None
+            result.receipt_owed = False
 
-    async def settle_receipts(self, release: Callable[[], Awaitable[None] | None] | None = None) -> None:
-        """Wait until the receipts of earlier steps are verified (normally they are by now) and
-        queue their counter-signatures for the next frame; then raise the first failure
-        (NodeFailure for an invalid receipt). `release()` starts held checks (ReceiptBook)
-        before waiting, when one of ours is not done yet."""
-        failure = None
-        if release is not None and any(not pending.done() for pending in self.unchecked):
-            released = release()
-            if inspect.isawaitable(released):
-                await released
-        while self.unchecked:
-            pending = self.unchecked.pop(0)
+    async def finish(self, timeout: float) -> None:
+        """Collect the receipts the node still owes (it sends them with `finished`, or before
+        the error it closed the session with, e.g. on idle). One it cannot deliver stays
+        empty, which the receipt book rejects as this node's fault."""
+        if self.owed and self._reader is not None and self._writer is not None:
+            async def _finish() -> None:
+                assert self._writer is not None
+                with contextlib.suppress(ConnectionError, OSError):  # what it sent may still be buffered
+                    await write_frames(self._writer, [Frame("finish")])
+                answer = raise_if_error(await self._read_answer())
+                if answer.kind != "finished":
+                    raise NodeFailure(self.ann.peer_id, f"answered finish with a {answer.kind!r} frame")
+
             try:
-                signed = pending.result() if pending.done() else await asyncio.wrap_future(pending)
+                await _guarded(self.ann, _finish(), timeout)
+            except (NodeFailure, RemoteError) as exc:
+                if self.owed:
+                    logger.info("node %s did not deliver its last receipts: %s", self.ann.peer_id[-8:], exc)
+        self._give_up_owed()
+
+    def _give_up_owed(self) -> None:
+        for result in self.owed:
+            logger.info("node %s sent no receipt for a result", self.ann.peer_id[-8:])
+            result.receipt_owed = False
+        self.owed.clear()
+
+    def settle_receipts(self) -> None:
+        """Queue the counter-signatures of our receipts checked so far (oldest first) for the
+        next frame, then raise the first failure (NodeFailure for an invalid receipt). Checks
+        not run yet (their receipt is still owed) stay for later."""
+        failure = None
+        while self.unchecked and self.unchecked[0].done():
+            try:
+                signed = self.unchecked.pop(0).result()
             except Exception as exc:
                 failure = failure or exc
                 continue
@@ -233,14 +250,12 @@ class SpanSession:
         return [Frame("ack", {"acks": acks})]
 
     async def close(self) -> None:
-        if self._receipt is not None:
-            self._receipt.cancel()
-            self._receipt = self._receipt_for = None
+        self._give_up_owed()
         if self._writer is None:
             return
         writer, self._writer, self._reader = self._writer, None, None
         try:
-            await asyncio.wait_for(_write_frames(writer, [*self._ack_frames(), Frame("close")]), 1.0)
+            await asyncio.wait_for(write_frames(writer, [*self._ack_frames(), Frame("close")]), 1.0)
         except Exception:
             pass
         writer.close()
@@ -251,18 +266,6 @@ class SpanSession:
         if positions == 0 or not self.history:
             return None
         return torch.cat(self.history, dim=1)[:, :positions]
-
-
-async def _write_frames(writer: asyncio.StreamWriter, frames: list[Frame]) -> None:
-    """Frames back to back, in one write (one p2pd message) when they are small: a step's
-    frame carries the acks of the steps before it at no extra cost."""
-    chunks = [chunk for frame in frames for chunk in encode_frame(frame)]
-    if sum(len(c) for c in chunks) <= 1 << 16:
-        writer.write(b"".join(chunks))
-    else:
-        for chunk in chunks:
-            writer.write(chunk)
-    await writer.drain()
 
 
 async def send_acks(conn: SwarmConnection, ann: NodeAnnouncement, acks: list[list[bytes]]) -> None:

@@ -42,6 +42,7 @@ from protocol.messages import (
     tensor_from_wire,
     tensor_to_wire,
     write_frame,
+    write_frames,
 )
 
 logger = logging.getLogger("corolla.node")
@@ -236,7 +237,7 @@ class BlockServer:
             state = None if self.receipts is None else self.receipts.new_session(meta, batch, max_length)
             logger.info("session %s from %s opened (batch %d, max_length %d)", session_id.hex()[:8], peer,
                         batch, max_length)
-            deferred = state is not None and frame.meta.get("receipt_after_result") is True
+            deferred = state is not None and frame.meta.get("receipt_with_next") is True
             await self._session_loop(reader, writer, meta, cache, state, deferred)
         finally:
             if self.receipts is not None:
@@ -247,13 +248,17 @@ class BlockServer:
 
     async def _session_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, meta: RequestMeta,
                             cache: Any, state: Any, deferred: bool = False) -> None:
-        """Steps until `close`; with `deferred` (the client asked for `receipt_after_result`),
-        each step's receipt is signed after its result is sent and follows in its own frame."""
+        """Steps until `close`. With `deferred` (the client asked for `receipt_with_next`), a
+        step's receipt is signed once its result is sent, and travels in front of this node's
+        next answer on the stream, in the same write (protocol/messages.py)."""
+        owed: list[Frame] = []  # receipt frames signed but not sent yet (at most one)
         while True:
             try:
                 frame = await asyncio.wait_for(read_frame(reader, self.limits.max_payload_bytes),
                                                self.limits.session_idle_timeout_s)
             except TimeoutError:
+                if owed:  # the client's evidence goes out before we give up
+                    await write_frames(writer, owed)
                 raise WireError(ErrorCode.NOT_FOUND, "session closed after being idle too long") from None
             if frame.kind == "close":
                 return
@@ -261,16 +266,21 @@ class BlockServer:
                 if self.receipts is not None:
                     self.receipts.queue_ack(frame.meta, hold=True)
                 continue
+            if frame.kind == "finish":  # the client collects what we owe before it closes
+                await write_frames(writer, [*owed, Frame("finished")])
+                owed = []
+                continue
             if frame.kind != "step" or len(frame.tensors) != 1:
                 raise WireError(ErrorCode.BAD_REQUEST, f"expected a step frame with one tensor, got {frame.kind!r}")
             hidden = self._hidden(frame, 0, "hidden states")
             if hidden.shape[0] != cache.batch:
                 raise WireError(ErrorCode.BAD_REQUEST, f"session batch is {cache.batch}, step has {hidden.shape[0]}")
             if cache.length + hidden.shape[1] > cache.max_length:
-                await write_frame(writer, error_frame(
+                await write_frames(writer, [*owed, error_frame(
                     ErrorCode.TOO_LONG,
                     f"session max_length is {cache.max_length}: {cache.length} positions used, "
-                    f"{hidden.shape[1]} more requested; open a longer session"))
+                    f"{hidden.shape[1]} more requested; open a longer session")])
+                owed = []
                 continue
             step = int(frame.meta.get("step", 0))
             started = time.perf_counter()
@@ -278,23 +288,25 @@ class BlockServer:
                                                      self._compute_step, frame, hidden, cache, state, step,
                                                      deferred)
             if deferred:
-                await self._reply_then_receipt(writer, out, receipt, started, decision)
+                owed = await self._reply_then_sign(writer, owed, out, receipt, started, decision)
             else:
                 await self._reply(writer, out, receipt, started, decision)
 
-    async def _reply_then_receipt(self, writer: asyncio.StreamWriter, out: torch.Tensor, sign: Any,
-                                  started: float, decision: TicketDecision) -> None:
-        """The result at once, then the receipt `sign()` makes (protocol/messages.py: the
-        client forwards the output to the next hop while this node hashes and signs)."""
+    async def _reply_then_sign(self, writer: asyncio.StreamWriter, owed: list[Frame], out: torch.Tensor,
+                               sign: Any, started: float, decision: TicketDecision) -> list[Frame]:
+        """The receipts owed and this result in one write, then this result's receipt, which
+        `sign()` makes now (the client has the output; the next hop computes meanwhile) and
+        the next answer carries."""
         assert self.receipts is not None
         response = ResponseMeta(compute_ms=(time.perf_counter() - started) * 1e3, notice=decision.message,
                                 receipt_follows=True)
         try:
-            await write_frame(writer, Frame("result", response.to_meta(), [tensor_to_wire(out)]))
-            await write_frame(writer, Frame("receipt", {"receipt": sign()}))
+            await write_frames(writer, [*owed, Frame("result", response.to_meta(), [tensor_to_wire(out)])])
+            self.requests_served += 1
+            return [Frame("receipt", {"receipt": sign()})]
         finally:
-            self.receipts.replied()  # the outbox writer stores the receipt now
-        self.requests_served += 1
+            # stored now, on this thread while the next hop computes, before it is delivered
+            self.receipts.replied(store_here=True)
 
     def _compute_step(self, frame: Frame, hidden: torch.Tensor, cache: Any, state: Any, step: int,
                       deferred: bool, decision: TicketDecision) -> Generator[None, None, tuple[torch.Tensor, Any]]:

@@ -7,11 +7,14 @@ whole prefix (positions 0..end of the receipt's step), its output rows for the s
 the Merkle proof of the output's leaf under the receipt's blocks root. Keeping the real
 tensors (not recomputing them) guarantees the openings hash to what was signed.
 
-They are kept as the exact bytes that were hashed (`RawTensor`: dtype, shape, C-order
-bytes, read once for the leaf digest and copied from the same view), not as torch
-tensors: a bytes object is one flat allocation the garbage collector never walks, and the
-compute thread's tensors are not pinned for the retention window. (On the receipts
-benchmark the difference in node CPU was within its noise; the copy costs ~1 µs a token.)
+They are kept as the exact bytes that were hashed (`RawTensor`: dtype name, shape, C-order
+bytes; a step's block outputs stacked, read once for the leaf digests and copied from the
+same view), not as torch
+tensors, and in plain tuples of bytes, strings and ints: objects the garbage collector
+stops tracking, so a retention window of thousands of steps adds one tracked object per
+step (its `Retained` entry), not a dozen. A full collection walks every tracked object;
+on a node that retained hundreds of tracked objects per token it stalled the step in
+flight for ~0.25 s every few hundred tokens (benchmarks/receipts.py).
 """
 
 from __future__ import annotations
@@ -33,43 +36,39 @@ DEFAULT_RETENTION_BYTES = 512 << 20
 DEFAULT_RETENTION_S = 3600.0
 
 
-@dataclass(slots=True)
-class RawTensor:
-    """A tensor as the bytes its digest covers (protocol/tensor_hash.py)."""
+RawTensor = tuple[str, tuple[int, ...], bytes]
+"""A tensor as the bytes its digest covers (protocol/tensor_hash.py): dtype name, shape, bytes."""
 
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    data: bytes
-
-    @classmethod
-    def of(cls, t: torch.Tensor) -> RawTensor:
-        return cls(t.dtype, tuple(t.shape), bytes(tensor_bytes(t)))
-
-    def digest(self) -> bytes:
-        return tensor_digest_raw(dtype_name(self.dtype), self.shape, self.data)
-
-    def tensor(self) -> torch.Tensor:
-        if not self.data:
-            return torch.empty(self.shape, dtype=self.dtype)
-        return torch.frombuffer(bytearray(self.data), dtype=self.dtype).reshape(self.shape)
+StepRecord = tuple[RawTensor, RawTensor, tuple[bytes, ...]]
+"""One step: its span input rows, its blocks' output rows stacked ([blocks, *rows shape]),
+and the digest of each block's output rows (the Merkle leaves)."""
 
 
-def raw_with_digest(t: torch.Tensor) -> tuple[RawTensor, bytes]:
-    """`t`'s bytes, copied once, and its tensor digest, from the same bytes."""
-    view = tensor_bytes(t)
-    shape = tuple(t.shape)
-    return RawTensor(t.dtype, shape, bytes(view)), tensor_digest_raw(dtype_name(t.dtype), shape, view)
+def step_record(hidden: torch.Tensor, per_block: list[torch.Tensor]) -> StepRecord:
+    """What retention keeps of a step, and its leaves: the blocks' outputs are stacked, read
+    and copied once, and each block's digest is taken from its slice of the same bytes."""
+    stacked = torch.stack(per_block)
+    view, name, shape = tensor_bytes(stacked), dtype_name(stacked.dtype), tuple(stacked.shape)
+    n = len(view) // len(per_block)
+    leaves = tuple(tensor_digest_raw(name, shape[1:], view[i * n : (i + 1) * n]) for i in range(len(per_block)))
+    return raw_tensor(hidden), (name, shape, bytes(view)), leaves
 
 
-@dataclass(slots=True)
-class StepRecord:
-    hidden: RawTensor  # span input rows of this step
-    per_block: list[RawTensor]  # each block's output rows of this step
-    leaves: list[bytes]  # tensor digests of per_block (the Merkle leaves)
+def raw_tensor(t: torch.Tensor) -> RawTensor:
+    return dtype_name(t.dtype), tuple(t.shape), bytes(tensor_bytes(t))
 
-    @property
-    def nbytes(self) -> int:
-        return len(self.hidden.data) + sum(len(t.data) for t in self.per_block)
+
+def raw_to_tensor(raw: RawTensor) -> torch.Tensor:
+    name, shape, data = raw
+    dtype = getattr(torch, name)
+    if not data:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
+
+
+def step_nbytes(step: StepRecord) -> int:
+    hidden, blocks, _ = step
+    return len(hidden[2]) + len(blocks[2])
 
 
 @dataclass
@@ -77,9 +76,10 @@ class SessionRecord:
     steps: list[StepRecord] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class Retained:
-    signed: SignedReceipt
+    signed: bytes  # SignedReceipt.to_bytes()
+    client_key: bytes
     record: SessionRecord
     step_index: int
     added: float
@@ -96,9 +96,10 @@ class RetentionStore:
         self._lock = threading.Lock()
 
     def add(self, signed: SignedReceipt, record: SessionRecord, step_index: int) -> None:
-        nbytes = record.steps[step_index].nbytes
+        nbytes = step_nbytes(record.steps[step_index])
+        entry = Retained(signed.to_bytes(), signed.receipt.client_key, record, step_index, time.monotonic(), nbytes)
         with self._lock:
-            self._entries[signed.id] = Retained(signed, record, step_index, time.monotonic(), nbytes)
+            self._entries[signed.id] = entry
             self._bytes += nbytes
             self._evict()
 
@@ -111,10 +112,11 @@ class RetentionStore:
             _, gone = self._entries.popitem(last=False)
             self._bytes -= gone.nbytes
 
-    def signed(self, receipt_id: bytes) -> SignedReceipt | None:
+    def client_key(self, receipt_id: bytes) -> bytes | None:
+        """The client a retained receipt names (to check its counter-signature)."""
         with self._lock:
             entry = self._entries.get(receipt_id)
-        return entry.signed if entry is not None else None
+        return entry.client_key if entry is not None else None
 
     def get(self, receipt_id: bytes) -> Retained | None:
         with self._lock:
@@ -133,21 +135,21 @@ class RetentionStore:
         if entry is None:
             return error_frame(ErrorCode.NOT_FOUND,
                                f"receipt {receipt_id.hex()[:16]}… is unknown here or past the retention window")
-        receipt = entry.signed.receipt
+        receipt = SignedReceipt.from_bytes(entry.signed).receipt
         if not receipt.block_start <= block < receipt.block_end:
             return error_frame(ErrorCode.BAD_REQUEST,
                                f"block {block} is not in the receipt's span {receipt.block_start}:{receipt.block_end}")
         rel = block - receipt.block_start
         steps = entry.record.steps[: entry.step_index + 1]
         with torch.inference_mode():
-            inputs = torch.cat([(s.hidden if rel == 0 else s.per_block[rel - 1]).tensor() for s in steps], dim=1)
-        step = steps[-1]
+            inputs = torch.cat([raw_to_tensor(hidden) if rel == 0 else raw_to_tensor(blocks)[rel - 1]
+                                for hidden, blocks, _ in steps], dim=1)
+        _, blocks, leaves = steps[-1]
         # All leaves (32 bytes a block) let the verifier check every block of the span a little
         # (a skipped block shows as two equal leaves); input_proof ties the input rows to the
         # previous block's committed output.
-        meta = {"receipt": entry.signed.to_bytes(), "block": block, "leaf_index": rel,
-                "num_leaves": len(step.leaves), "proof": block_proof(step.leaves, rel),
-                "leaves": list(step.leaves)}
+        meta = {"receipt": entry.signed, "block": block, "leaf_index": rel,
+                "num_leaves": len(leaves), "proof": block_proof(list(leaves), rel), "leaves": list(leaves)}
         if rel > 0:
-            meta["input_proof"] = block_proof(step.leaves, rel - 1)
-        return Frame("openings", meta, [tensor_to_wire(inputs), tensor_to_wire(step.per_block[rel].tensor())])
+            meta["input_proof"] = block_proof(list(leaves), rel - 1)
+        return Frame("openings", meta, [tensor_to_wire(inputs), tensor_to_wire(raw_to_tensor(blocks)[rel])])

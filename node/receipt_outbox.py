@@ -19,7 +19,9 @@ everything queued so far is durable; the node waits for it before it answers an 
 (see node/receipt_signing.py). A receipt signed on the compute thread, and the acks that
 arrive with an inference step, are *held* until the reply of the step has been written
 (`release()`), so the writer thread does not wake up, and take the GIL, while the node
-computes or its reply is on its way.
+computes or its reply is on its way. `store_held()` stores what is held in the calling
+thread instead (an inference step's receipt, on the node's event loop once it is signed):
+one transaction and no thread wake-up per token.
 """
 
 from __future__ import annotations
@@ -333,6 +335,19 @@ class OutboxWriter:
             with self._order:
                 self._release_held()
 
+    def store_held(self) -> None:
+        """Store the held receipts and acks now, in this thread, in one transaction: no thread
+        hand-off and no wake-up of the writer (an inference step's, on the node's event loop
+        right after its reply, while the rest of the chain computes). If that fails, they go
+        to the writer thread, which retries."""
+        with self._order:
+            items = list(self._held)
+            self._held.clear()
+        if items and not self._process(items, retry=False):
+            with self._order:
+                for item in items:
+                    self._queue.put(item)
+
     def attach(self, receipt_id: bytes, signature: bytes, *, hold: bool = False) -> None:
         """Queue a client counter-signature (checked before it is stored, after its receipt);
         `hold` as for `append`."""
@@ -391,29 +406,34 @@ class OutboxWriter:
         stop = False
         while not stop:
             batch = self._next_batch()
-            receipts: dict[bytes, SignedReceipt] = {}
-            acks: list[tuple[bytes, bytes]] = []
-            waiters: list[Future[None]] = []
-            for kind, value in batch:
-                if kind == "receipt":
-                    receipts[value.id] = value
-                elif kind == "ack":
-                    acks.append(value)
-                elif kind == "flush":
-                    waiters.append(value)
-                else:
-                    stop = True
-            try:
-                checked = [(rid, sig) for rid, sig in acks if self._ack_verifies(rid, sig, receipts)]
-            except Exception:
-                logger.exception("checking %d client acks failed; dropping them", len(acks))
-                checked = []
-            stored = self._store(list(receipts.values()), checked)
-            for waiter in waiters:
-                if stored:
-                    waiter.set_result(None)
-                else:
-                    waiter.set_exception(RuntimeError("the receipt outbox writer closed before storing"))
+            stop = any(kind == "stop" for kind, _ in batch)
+            self._process(batch, retry=True)
+
+    def _process(self, batch: list[tuple[str, Any]], *, retry: bool) -> bool:
+        """Check the acks of `batch` and store it with its receipts; settle its flush futures.
+        False if it could not be stored (with `retry`, only once closing)."""
+        receipts: dict[bytes, SignedReceipt] = {}
+        acks: list[tuple[bytes, bytes]] = []
+        waiters: list[Future[None]] = []
+        for kind, value in batch:
+            if kind == "receipt":
+                receipts[value.id] = value
+            elif kind == "ack":
+                acks.append(value)
+            elif kind == "flush":
+                waiters.append(value)
+        try:
+            checked = [(rid, sig) for rid, sig in acks if self._ack_verifies(rid, sig, receipts)]
+        except Exception:
+            logger.exception("checking %d client acks failed; dropping them", len(acks))
+            checked = []
+        stored = self._store(list(receipts.values()), checked, retry=retry)
+        for waiter in waiters:
+            if stored:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(RuntimeError("the receipt outbox writer closed before storing"))
+        return stored
 
     def _ack_verifies(self, receipt_id: bytes, signature: bytes, batch: dict[bytes, SignedReceipt]) -> bool:
         key = batch[receipt_id].receipt.client_key if receipt_id in batch else self.client_key_for(receipt_id)
@@ -429,7 +449,7 @@ class OutboxWriter:
             return False
         return True
 
-    def _store(self, receipts: list[SignedReceipt], acks: list[tuple[bytes, bytes]]) -> bool:
+    def _store(self, receipts: list[SignedReceipt], acks: list[tuple[bytes, bytes]], *, retry: bool) -> bool:
         while receipts or acks:
             try:
                 self.outbox.append_many(receipts, acks)
@@ -437,8 +457,8 @@ class OutboxWriter:
             except Exception:
                 closing = self._closing.is_set()
                 logger.exception("storing %d receipts and %d acks in the outbox failed; %s", len(receipts),
-                                 len(acks), "giving up (closing)" if closing else "retrying")
-                if closing:
+                                 len(acks), "retrying" if retry and not closing else "giving up here")
+                if closing or not retry:
                     return False
                 time.sleep(0.5)
         return True

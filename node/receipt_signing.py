@@ -2,16 +2,18 @@
 
 For each step the node commits to the input it received (digest of the wire tensor), the
 output it sends (digest of the wire tensor) and a Merkle root over its blocks' outputs,
-signs the receipt and keeps what a challenge needs (node/openings.py); that is all the
-work between compute and reply. The receipt goes to the outbox through its group-commit
-writer (node/receipt_outbox.py), held until the block server has written the reply
-(`replied()`), and stored moments later. Client
-counter-signatures arrive as `ack` frames (a session's ride with its next step; forward
-and backward ones come by the `ack` RPC) and queue behind their receipts on the writer,
-which checks them (Ed25519) after that step's reply has left: a receipt is durable before
-its counter-signature is stored, and the `ack` RPC answers `ok` only once both are on disk.
-A node killed between a reply and the next group commit (a few ms) loses those receipts
-from its own outbox; the client holds them either way.
+signs the receipt and keeps what a challenge needs (node/openings.py). Forward and
+backward receipts are signed between compute and reply and go to the outbox through its
+group-commit writer (node/receipt_outbox.py), held until the block server has written the
+reply (`replied()`) and stored moments later: a node killed in those few ms loses them
+from its own outbox (the client holds them either way). An inference step's receipt
+(`receipt_with_next`, protocol/messages.py) is signed after its result is sent and stored
+at once on the event loop (`replied(store_here=True)`), together with the
+counter-signatures that came with the step, before the node's next answer delivers it.
+Client counter-signatures arrive as `ack` frames (a session's ride with its next step;
+forward and backward ones come by the `ack` RPC) and are checked (Ed25519) and stored
+behind their receipts: a receipt is durable before its counter-signature is stored, and
+the `ack` RPC answers `ok` only once both are on disk.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 import torch
 
-from node.openings import RawTensor, RetentionStore, SessionRecord, StepRecord, raw_with_digest
+from node.openings import RetentionStore, SessionRecord, StepRecord, step_record
 from node.receipt_outbox import OutboxWriter, ReceiptOutbox, default_outbox_path
 from node.ticket_check import FREE, TicketDecision
 from protocol.hashing import digest, tensor_digest_raw
@@ -47,20 +49,9 @@ def wire_digest(wire: WireTensor) -> bytes:
     return tensor_digest_raw(wire.dtype, tuple(wire.shape), wire.data)
 
 
-def _step_record(hidden: torch.Tensor, per_block: list[torch.Tensor]) -> StepRecord:
-    """What retention keeps of a step, and its Merkle leaves: each block output's bytes are
-    read once, hashed and copied (node/openings.py)."""
-    blocks, leaves = [], []
-    for output in per_block:
-        raw, leaf = raw_with_digest(output)
-        blocks.append(raw)
-        leaves.append(leaf)
-    return StepRecord(RawTensor.of(hidden), blocks, leaves)
-
-
 def _output_hash(out: torch.Tensor, per_block: list[torch.Tensor], record: StepRecord) -> bytes:
     """The last block's output is the span's output: its leaf is the output hash (hashed once)."""
-    return record.leaves[-1] if per_block and out is per_block[-1] else tensor_digest(out)
+    return record[2][-1] if per_block and out is per_block[-1] else tensor_digest(out)
 
 
 def _bytes32(value: bytes) -> bytes:
@@ -109,8 +100,7 @@ class ReceiptSigner:
         return self.writer.unknown_acks
 
     def _client_key_for(self, receipt_id: bytes) -> bytes | None:
-        signed = self.retention.signed(receipt_id)
-        return signed.receipt.client_key if signed is not None else None
+        return self.retention.client_key(receipt_id)
 
     async def stop(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
@@ -136,19 +126,22 @@ class ReceiptSigner:
         self.writer.append(signed, hold=True)
         return signed
 
-    def replied(self) -> None:
+    def replied(self, *, store_here: bool = False) -> None:
         """The reply of a step is written (or failed), or a session ended: let the writer store
-        what was held (receipts, acks)."""
-        self.writer.release()
+        what was held (receipts, acks); with `store_here`, store it now in this thread."""
+        if store_here:
+            self.writer.store_held()
+        else:
+            self.writer.release()
 
     def sign_call(self, kind_name: str, meta: RequestMeta, input_wire: WireTensor, out: torch.Tensor,
                   per_block: list[torch.Tensor], hidden: torch.Tensor, decision: TicketDecision = FREE) -> bytes:
         """Forward: commit to the received input, the output and every block's output."""
-        record = _step_record(hidden, per_block)
+        record = step_record(hidden, per_block)
         session_id = meta.session_id if len(meta.session_id) == 16 else os.urandom(16)
         batch, length = hidden.shape[0], hidden.shape[1]
         signed = self._sign(Kind.FORWARD, meta, session_id, meta.step, batch, batch * length,
-                            wire_digest(input_wire), _output_hash(out, per_block, record), record.leaves,
+                            wire_digest(input_wire), _output_hash(out, per_block, record), list(record[2]),
                             meta.request_ref, decision)
         session = SessionRecord()
         session.steps.append(record)
@@ -160,11 +153,11 @@ class ReceiptSigner:
         """Backward: input = incoming output gradient, output = input gradient, root = forward blocks."""
         with torch.inference_mode():
             _, per_block = self.span.forward(hidden, block_outputs=True)
-        record = _step_record(hidden, per_block)
+        record = step_record(hidden, per_block)
         session_id = meta.session_id if len(meta.session_id) == 16 else os.urandom(16)
         batch, length = hidden.shape[0], hidden.shape[1]
         signed = self._sign(Kind.BACKWARD, meta, session_id, meta.step, batch, batch * length,
-                            wire_digest(grad_wire), tensor_digest(grad_in), record.leaves, meta.request_ref,
+                            wire_digest(grad_wire), tensor_digest(grad_in), list(record[2]), meta.request_ref,
                             decision)
         session = SessionRecord()
         session.steps.append(record)
@@ -177,11 +170,11 @@ class ReceiptSigner:
 
     def sign_step(self, state: SessionState, frame: Frame, hidden: torch.Tensor, out: torch.Tensor,
                   per_block: list[torch.Tensor], step: int, decision: TicketDecision = FREE) -> bytes:
-        record = _step_record(hidden, per_block)
+        record = step_record(hidden, per_block)
         batch, new = hidden.shape[0], hidden.shape[1]
         ref = frame.meta.get("request_ref") or request_ref_for_step(state.session_id, step)
         signed = self._sign(Kind.INFERENCE, state.meta, state.session_id, step, batch, batch * new,
-                            wire_digest(frame.tensors[0]), _output_hash(out, per_block, record), record.leaves,
+                            wire_digest(frame.tensors[0]), _output_hash(out, per_block, record), list(record[2]),
                             bytes(ref), decision)
         state.record.steps.append(record)
         self.retention.add(signed, state.record, len(state.record.steps) - 1)

@@ -20,11 +20,14 @@ RPCs (request kind -> reply kind):
   answered by a `result`; `ack` frames may come between steps; the
   client ends with `close` (or by closing the stream). The node does not answer
   `open_session` itself; a refused session is answered by an `error` frame. A client
-  that puts `"receipt_after_result": true` in `open_session` gets each step's answer
-  as two frames: the `result` first (meta `receipt_follows: true`, empty `receipt`),
-  so it can pass the output on to the next hop at once, then a `receipt` frame (meta
-  {"receipt": SignedReceipt.to_bytes()}) that the node signs after sending the result
-  (or an `error` frame). Signing thus leaves the hop-to-hop critical path.
+  that puts `"receipt_with_next": true` in `open_session` gets each step's `result`
+  without its receipt (meta `receipt_follows: true`, empty `receipt`), so it can pass
+  the output on to the next hop at once; the node signs the receipt after sending the
+  result and sends it, as a `receipt` frame (meta {"receipt": SignedReceipt.to_bytes()}),
+  in front of its next answer on the stream, in the same write: the next `result`, an
+  `error`, or `finished`, its answer to a `finish` frame (which the client sends before
+  `close` to collect the receipts still owed). Receipts come in step order. Signing thus
+  leaves the hop-to-hop critical path, and a receipt costs no frame write of its own.
 - `open` (challenges): `open` frame (meta: {"receipt_id": 32 bytes, "block": absolute block
   index}) -> `openings` frame: meta {"receipt": SignedReceipt.to_bytes(), "block": int,
   "leaf_index": block - block_start, "num_leaves": int, "proof": [32-byte nodes] for
@@ -164,7 +167,7 @@ class ResponseMeta:
     receipt: bytes = b""
     compute_ms: float = 0.0
     notice: str = ""  # e.g. why an attached priority ticket was not honoured (served free)
-    receipt_follows: bool = False  # the receipt comes in the next frame (inference streams)
+    receipt_follows: bool = False  # the receipt comes later on the stream (inference, receipt_with_next)
 
     def to_meta(self) -> dict[str, Any]:
         # spelled out, not asdict(): this runs once per step on the node's reply path
@@ -207,9 +210,15 @@ def encode_frame(frame: Frame) -> list[bytes | bytearray | memoryview]:
 
 
 async def write_frame(writer: asyncio.StreamWriter, frame: Frame) -> None:
-    chunks = encode_frame(frame)
+    await write_frames(writer, [frame])
+
+
+async def write_frames(writer: asyncio.StreamWriter, frames: list[Frame]) -> None:
+    """Frames back to back, in one write (one send, one p2pd message) when they are small:
+    per-token frames, and the acks or receipts that ride along with them."""
+    chunks = [chunk for frame in frames for chunk in encode_frame(frame)]
     if sum(len(c) for c in chunks) <= 1 << 16:
-        writer.write(b"".join(chunks))  # one send (and one p2pd message) for per-token frames
+        writer.write(b"".join(chunks))
     else:
         for chunk in chunks:
             writer.write(chunk)

@@ -118,6 +118,40 @@ def test_a_held_receipt_waits_for_release_and_still_goes_before_its_ack(tmp_path
         writer.close()
         assert outbox.get(e.id) is not None and outbox.counts().total == 5
 
+def test_held_receipts_and_acks_stored_in_the_calling_thread_are_durable_on_return(tmp_path):
+    """store_held (an inference step on the node's event loop): the receipt and the ack that
+    rode with the step are checked and stored before it returns, with no writer thread at
+    work; a bad ack is dropped. If storing fails, the writer thread takes them and retries."""
+    with ReceiptOutbox(tmp_path / "o.sqlite", ack_grace_ms=60_000) as outbox:
+        writer = OutboxWriter(outbox, linger_s=0.0)
+        a, b = make_receipt(1), make_receipt(2)
+        writer.append(a, hold=True)
+        writer.store_held()
+        assert outbox.get(a.id) is not None and writer._queue.empty()
+        writer.attach(a.id, a.countersign(CLIENT).client_signature, hold=True)
+        writer.attach(b.id, bytes(64), hold=True)  # acks a receipt stored in the same call, badly
+        writer.append(b, hold=True)
+        writer.store_held()
+        assert outbox.get(a.id).receipt.verify_client() and outbox.get(b.id).receipt.client_signature is None
+        assert writer.bad_acks == 1 and writer._queue.empty()
+
+        c = make_receipt(3)
+        real_append_many, failures = outbox.append_many, [1]
+
+        def flaky(*args, **kwargs):  # the first try fails (disk full, say), later ones work
+            if failures:
+                failures.pop()
+                raise sqlite3.OperationalError("database or disk is full")
+            return real_append_many(*args, **kwargs)
+
+        outbox.append_many = flaky  # type: ignore[method-assign]
+        writer.append(c, hold=True)
+        writer.store_held()  # fails here, handed to the writer thread
+        writer.flush().result(timeout=10)
+        assert outbox.get(c.id) is not None
+        writer.close()
+
+
 def test_append_is_idempotent_and_adds_a_late_ack(tmp_path):
     with ReceiptOutbox(tmp_path / "o.sqlite", ack_grace_ms=60_000) as outbox:
         signed = make_receipt(1)

@@ -1,11 +1,9 @@
-"""The client's receipt book: checks held until released run in submission order, chained to
-the hop before, and a session waiting for a held check releases it instead of deadlocking."""
+"""The client's receipt book: a check held until its receipt is in runs once, chained to the
+hop before; a span acks the checks that passed and raises the first that failed."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 
 import pytest
 import torch
@@ -39,49 +37,45 @@ def hop(i: int, step: int, x: torch.Tensor, *, lie: bool = False) -> tuple[NodeA
     return ann, meta, CallResult(x + 1, response, sent, received, 0.0)
 
 
-def submit(book: ReceiptBook, i: int, step: int, x: torch.Tensor, previous, *, hold: bool, lie: bool = False):
+def held(book: ReceiptBook, i: int, step: int, x: torch.Tensor, previous, *, lie: bool = False):
     ann, meta, result = hop(i, step, x, lie=lie)
-    return book.submit(ann, meta, Kind.INFERENCE, step, request_ref_for_step(SESSION, step), result, previous,
-                       hold=hold)
+    return book.check_later(ann, meta, Kind.INFERENCE, step, request_ref_for_step(SESSION, step), result, previous)
 
 
-def test_held_checks_start_at_release_in_order_and_chain_to_the_hop_before():
+def test_a_check_runs_when_asked_and_chains_to_the_hop_before():
     book = ReceiptBook(CLIENT)
     x = torch.randn(1, 1, 8)
-    first = submit(book, 0, 0, x, None, hold=True)
-    second = submit(book, 1, 0, x + 1, first, hold=True)
-    time.sleep(0.05)
-    assert not first.done() and not second.done() and book.receipts == []
-    book.release()
-    a, b = first.result(timeout=10), second.result(timeout=10)
+    first = held(book, 0, 0, x, None)
+    second = held(book, 1, 0, x + 1, first)
+    assert not first.done() and not second.done() and book.receipts == []  # nothing checked yet
+    first.run()
+    second.run()
+    a, b = first.result(), second.result()
     assert [r.receipt.node_key for r in book.receipts] == [NODES[0].public_key, NODES[1].public_key]
     assert a.verify_client() and b.verify_client() and a.receipt.output_hash == b.receipt.input_hash
-    # an unheld submit releases what is held before it: checking order stays submission order
-    third = submit(book, 0, 1, x, None, hold=True)
-    fourth = submit(book, 1, 1, x + 5, third, hold=False)  # does not chain: x + 5 is not node 0's output
-    assert third.result(timeout=10).verify_client()
+    first.run()  # a check runs once
+    assert len(book.receipts) == 2
+    third = held(book, 0, 1, x, None)
+    fourth = held(book, 1, 1, x + 5, third)  # does not chain: x + 5 is not node 0's output
+    third.run()
+    fourth.run()
+    assert third.result().verify_client()
     with pytest.raises(NodeFailure, match="chain broken"):
-        fourth.result(timeout=10)
+        fourth.result()
 
 
-def test_inline_release_checks_in_the_calling_thread_in_submission_order():
+def test_a_lying_hop_fails_its_check_and_its_span_raises_it_at_settling():
     book = ReceiptBook(CLIENT)
-    x = torch.randn(1, 1, 8)
-    first = submit(book, 0, 0, x, None, hold=True)
-    second = submit(book, 1, 0, x + 1, first, hold=True)
-    liar = submit(book, 0, 1, x, None, hold=True, lie=True)
-    book.release_inline()
-    assert first.done() and second.done() and liar.done()  # settled on return, no thread involved
-    assert second.result().receipt.input_hash == first.result().receipt.output_hash
-    assert isinstance(liar.exception(), NodeFailure)
-    assert book._checker._threads == set() and len(book.receipts) == 2
-
-
-def test_a_lying_hop_fails_its_held_check_and_settling_a_held_check_releases_it():
-    book = ReceiptBook(CLIENT)
-    pending = submit(book, 0, 0, torch.randn(1, 1, 8), None, hold=True, lie=True)
+    honest = held(book, 0, 0, torch.randn(1, 1, 8), None)
+    liar = held(book, 0, 1, torch.randn(1, 1, 8), None, lie=True)
+    owed = held(book, 0, 2, torch.randn(1, 1, 8), None)
     span = SpanSession(conn=None, ann=None, meta=None, batch=1, max_length=8)  # type: ignore[arg-type]
-    span.unchecked.append(pending)
-    with pytest.raises(NodeFailure, match="output hash"):  # would wait forever without the release
-        asyncio.run(asyncio.wait_for(span.settle_receipts(book.release_inline), 10))
-    assert span.pending_acks == [] and book.receipts == []
+    span.unchecked.extend([honest, liar, owed])
+    honest.run()
+    span.settle_receipts()  # the honest one is acked; the others have not run yet and stay
+    assert span.pending_acks == [[honest.result().id, honest.result().client_signature]]
+    assert span.unchecked == [liar, owed]
+    liar.run()
+    with pytest.raises(NodeFailure, match="output hash"):
+        span.settle_receipts()
+    assert span.unchecked == [owed] and len(book.receipts) == 1

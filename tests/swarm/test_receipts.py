@@ -207,8 +207,9 @@ def test_node_with_invalid_receipts_is_banned_and_routed_around(receipt_swarm, d
 def test_a_receipt_that_fails_background_verification_gets_the_node_dropped(receipt_swarm, dht_peer, monkeypatch,
                                                                              caplog, bad_step):
     """Receipts are checked while the next hops compute: a node that lies once (here at step
-    `bad_step` of steps 0..3) is dropped before its next step, or, at the last step, when the
-    session closes; the output is still exact and the lie is not kept as evidence."""
+    `bad_step` of steps 0..3) is dropped when its lie is in and checked: its receipt comes
+    with its next answer, so before its step bad_step + 2, or when the session closes. The
+    output is still exact, the lie is not kept as evidence, its honest receipts are."""
     model, nodes, client, keys = receipt_swarm
     def lying_once(honest):
         def sign_step(state, frame, hidden, out, per_block, step, *rest):
@@ -230,34 +231,45 @@ def test_a_receipt_that_fails_background_verification_gets_the_node_dropped(rece
                 last = session.spans[-1].ann.peer_id
             # checked by the time the session is closed: nothing left unverified
             assert client.swarm.router.banned_until.get(liar.ready["peer_id"])
-        assert last == (honest_peer if bad_step < 3 else liar.ready["peer_id"])
+        dropped_before = bad_step + 2  # steps are 0..3
+        assert last == (honest_peer if dropped_before <= 3 else liar.ready["peer_id"])
         assert any("invalid receipt" in r.getMessage() and "output hash" in r.getMessage() for r in caplog.records)
         kept = [(r.receipt.node_key.hex(), r.receipt.step) for r in book.receipts if r.receipt.block_start == 2]
         assert (liar.ready["node_key"], bad_step) not in kept
-        assert [step for key, step in kept if key == liar.ready["node_key"]] == list(range(bad_step))
+        served = range(min(dropped_before, 4))
+        assert [step for key, step in kept if key == liar.ready["node_key"]] == [s for s in served if s != bad_step]
         assert all(r.verify_client() for r in book.receipts)
         assert out.tolist() == local_greedy(model, ids, 4).tolist()
     finally:
         forget(client, honest_peer, liar)
 
 
-def run_step_raw(client, ann, deferred: bool) -> list[Frame]:
-    """One step of a fresh inference session on `ann`, read frame by frame: the result, and
-    with `deferred` (receipt_after_result) the receipt frame after it."""
+def run_steps_raw(client, ann, with_next: bool, steps: int = 1) -> list[Frame]:
+    """`steps` steps of a fresh inference session on `ann`, then (with `with_next`) `finish`:
+    every frame the node sent, in order."""
     conn = client.swarm.conn
     meta = client.swarm.meta(ann, bytes(range(16)), 0)
 
     async def ask() -> list[Frame]:
         reader, writer = await conn.open_stream(ann, "inference")
+        frames: list[Frame] = []
+
+        async def until(kind: str) -> None:
+            frames.append(await read_frame(reader))
+            while frames[-1].kind != kind:
+                frames.append(await read_frame(reader))
+
         try:
             opening = {**meta.to_meta(), "batch": 1, "max_length": 4}
-            if deferred:
-                opening["receipt_after_result"] = True
+            if with_next:
+                opening["receipt_with_next"] = True
             await write_frame(writer, Frame("open_session", opening))
-            await write_frame(writer, Frame("step", {"step": 0}, [tensor_to_wire(torch.randn(1, 2, 64))]))
-            frames = [await read_frame(reader)]
-            if deferred:
-                frames.append(await read_frame(reader))
+            for step in range(steps):
+                await write_frame(writer, Frame("step", {"step": step}, [tensor_to_wire(torch.randn(1, 1, 64))]))
+                await until("result")
+            if with_next:
+                await write_frame(writer, Frame("finish"))
+                await until("finished")
             await write_frame(writer, Frame("close"))
             return frames
         finally:
@@ -266,18 +278,21 @@ def run_step_raw(client, ann, deferred: bool) -> list[Frame]:
     return conn.run(ask(), timeout=30)
 
 
-def test_a_step_result_comes_before_its_receipt_when_the_client_asks(receipt_swarm):
-    """receipt_after_result: the output leaves before the node hashes and signs; the receipt
-    in the next frame commits to exactly that output. Without it, one frame carries both."""
+def test_a_step_receipt_rides_in_front_of_the_next_answer_when_the_client_asks(receipt_swarm):
+    """receipt_with_next: each result leaves before the node hashes and signs; its receipt
+    comes in front of the node's next answer (the next result, or `finished`) and commits to
+    exactly that output. Without it, one frame carries both."""
     model, nodes, client, keys = receipt_swarm
     ann = next(a for a in client.swarm.router.announcements if a.start == 0 and a.online)
-    result, receipt = run_step_raw(client, ann, deferred=True)
-    assert result.kind == "result" and result.meta["receipt_follows"] is True and not result.meta["receipt"]
-    assert receipt.kind == "receipt"
-    signed = SignedReceipt.from_bytes(bytes(receipt.meta["receipt"]))
-    assert signed.verify_node() and signed.receipt.kind == Kind.INFERENCE
-    assert signed.receipt.output_hash == tensor_digest(tensor_from_wire(result.tensors[0]))
-    (single,) = run_step_raw(client, ann, deferred=False)
+    frames = run_steps_raw(client, ann, with_next=True, steps=2)
+    assert [f.kind for f in frames] == ["result", "receipt", "result", "receipt", "finished"]
+    results, receipts = frames[0:3:2], frames[1:4:2]
+    for step, (result, receipt) in enumerate(zip(results, receipts, strict=True)):
+        assert result.meta["receipt_follows"] is True and not result.meta["receipt"]
+        signed = SignedReceipt.from_bytes(bytes(receipt.meta["receipt"]))
+        assert signed.verify_node() and signed.receipt.kind == Kind.INFERENCE and signed.receipt.step == step
+        assert signed.receipt.output_hash == tensor_digest(tensor_from_wire(result.tensors[0]))
+    (single,) = run_steps_raw(client, ann, with_next=False)
     assert single.meta["receipt_follows"] is False
     assert SignedReceipt.from_bytes(bytes(single.meta["receipt"])).verify_node()
 
@@ -306,7 +321,7 @@ def test_a_node_that_sends_no_receipt_after_its_result_is_dropped(receipt_swarm,
                 out = client.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
                 assert session.spans[-1].ann.peer_id == honest_peer
         assert client.swarm.router.banned_until.get(mute.ready["peer_id"])
-        assert any("sent no receipt after its result" in r.getMessage() for r in caplog.records)
+        assert any("sent no receipt for a result" in r.getMessage() for r in caplog.records)
         assert out.tolist() == local_greedy(model, ids, 4).tolist()
     finally:
         forget(client, honest_peer, mute)

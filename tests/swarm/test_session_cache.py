@@ -111,18 +111,24 @@ def test_idle_session_is_closed_by_the_node_and_its_cache_freed(one_session_node
     conn.run(idle.close())
 
 
-def test_a_session_the_node_closed_on_idle_is_reopened_without_banning_it(dht_peer, make_small_model):
+@pytest.mark.parametrize("receipts", [False, True], ids=["plain", "receipts"])
+def test_a_session_the_node_closed_on_idle_is_reopened_without_banning_it(dht_peer, make_small_model, tmp_path,
+                                                                          receipts):
     """A user who pauses longer than a node's idle timeout keeps generating: the client
-    re-opens the session on the same node (replaying its prefix) and bans nobody."""
+    re-opens the session on the same node (replaying its prefix) and bans nobody. With
+    receipts, the node sends the receipt it still owed before it closes the session, so
+    every step's receipt reaches the client and is counter-signed."""
     from client import AutoDistributedModelForCausalLM
 
     model = make_small_model("llama", seed=7, layers=2)  # a swarm of one impatient node
+    keys = ["--key", str(tmp_path / "node.key"), "--outbox", str(tmp_path / "outbox.sqlite")] if receipts else []
     node = InProcessNode([str(model), "--blocks", "0:2", "--initial-peers", *dht_peer,
-                          "--session-idle-timeout", str(IDLE_TIMEOUT_S)])
+                          "--session-idle-timeout", str(IDLE_TIMEOUT_S), *keys])
     client = None
     try:
         node.wait()
-        client = AutoDistributedModelForCausalLM.from_pretrained(str(model), initial_peers=dht_peer)
+        client = AutoDistributedModelForCausalLM.from_pretrained(
+            str(model), initial_peers=dht_peer, key=str(tmp_path / "client.key") if receipts else None)
         ids = torch.randint(4, 500, (1, 5), generator=torch.Generator().manual_seed(3))
         kw = {"max_new_tokens": 3, "min_new_tokens": 3, "do_sample": False}
         with client.inference_session(max_length=16):
@@ -133,6 +139,15 @@ def test_a_session_the_node_closed_on_idle_is_reopened_without_banning_it(dht_pe
             unpaused = client.generate(client.generate(ids, **kw)[:, -1:], **kw)
         assert paused.tolist() == unpaused.tolist()
         assert client.swarm.router.banned_until == {}
+        if receipts:
+            book = client.swarm.receipts.receipts
+            assert all(r.verify_client() for r in book)
+            by_session: dict[bytes, list[int]] = {}
+            for r in book:
+                by_session.setdefault(r.receipt.session_id, []).append(r.receipt.step)
+            # first session: steps 0-2, the pause (step 2's receipt still owed), then step 3
+            # re-opened: the prefix replayed as step 3, step 3 itself, 4, 5; second: 0-5
+            assert sorted(by_session.values()) == [[0, 1, 2, 3, 3, 4, 5], [0, 1, 2, 3, 4, 5]], by_session
     finally:
         if client is not None:
             client.close()
