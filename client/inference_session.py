@@ -127,6 +127,8 @@ class InferenceSession:
                 logger.info("%s blocks %d:%d after %s of %s",
                             "re-routing" if failure.ban else "re-opening", span.ann.start, span.ann.end,
                             "failure" if failure.ban else "the session expired on idle", failure.peer_id[-8:])
+                if not failure.ban:
+                    span.forgive_owed()
                 await self._close_all([span])
                 self.spans[i : i + 1] = await self._open_chain(span.ann.start, span.ann.end, span.prefix(self.position))
                 previous = None  # the replacement chain's receipts restart the chain at this hop
@@ -153,6 +155,9 @@ class InferenceSession:
         check chains to the one before it); stop at the first receipt still owed."""
         while self._checks and not self._checks[0][1].receipt_owed:
             span, result, check = self._checks.popleft()
+            if result.receipt_forgiven:
+                span.unchecked.remove(check)
+                continue
             self.swarm.observe(span.meta, result.response)  # what the receipt charged
             check.run()
 

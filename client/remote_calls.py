@@ -66,6 +66,7 @@ class CallResult:
     received: Any  # the WireTensor received
     rtt_s: float
     receipt_owed: bool = False  # the node sends this result's receipt later on its stream
+    receipt_forgiven: bool = False  # lost with a session the node closed on idle: not checked
 
 
 def _check_reply(ann: NodeAnnouncement, frame: Frame) -> Frame:
@@ -221,6 +222,15 @@ class SpanSession:
                 if self.owed:
                     logger.info("node %s did not deliver its last receipts: %s", self.ann.peer_id[-8:], exc)
         self._give_up_owed()
+
+    def forgive_owed(self) -> None:
+        """The node closed the session on idle before we read what it owed (its stream is gone):
+        those receipts are lost to us (the node still ships them), not held against it."""
+        for result in self.owed:
+            logger.info("node %s closed the session on idle with a receipt still owed; not held against it",
+                        self.ann.peer_id[-8:])
+            result.receipt_owed, result.receipt_forgiven = False, True
+        self.owed.clear()
 
     def _give_up_owed(self) -> None:
         for result in self.owed:

@@ -152,3 +152,37 @@ def test_a_session_the_node_closed_on_idle_is_reopened_without_banning_it(dht_pe
         if client is not None:
             client.close()
         node.stop()
+
+
+def test_a_receipt_still_owed_when_the_node_closes_on_idle_is_not_held_against_it(dht_peer, make_small_model,
+                                                                                   tmp_path):
+    """Forward calls inside a session (no generate() to collect receipts at its end) leave the
+    last step's receipt owed; a pause past the node's idle timeout loses it with the stream.
+    The client re-opens the session on the same node, bans nobody, and keeps the logits exact."""
+    from client import AutoDistributedModelForCausalLM
+
+    model = make_small_model("llama", seed=7, layers=2)
+    node = InProcessNode([str(model), "--blocks", "0:2", "--initial-peers", *dht_peer,
+                          "--session-idle-timeout", str(IDLE_TIMEOUT_S),
+                          "--key", str(tmp_path / "node.key"), "--outbox", str(tmp_path / "outbox.sqlite")])
+    client = None
+    try:
+        node.wait()
+        client = AutoDistributedModelForCausalLM.from_pretrained(str(model), initial_peers=dht_peer,
+                                                                 key=str(tmp_path / "client.key"))
+        ids = torch.randint(4, 500, (1, 6), generator=torch.Generator().manual_seed(5))
+        with torch.no_grad():
+            with client.inference_session(max_length=16) as session:
+                client(ids[:, :4])
+                assert [len(span.owed) for span in session.spans] == [1]
+                time.sleep(3 * IDLE_TIMEOUT_S + 2.5)  # past the timeout and the 2 s the node lingers
+                paused = client(ids).logits[:, -2:]
+            unpaused = client(ids).logits[:, -2:]  # no session: one plain forward
+        torch.testing.assert_close(paused, unpaused, rtol=1e-4, atol=1e-4)
+        assert client.swarm.router.banned_until == {}
+        steps = sorted(r.receipt.step for r in client.swarm.receipts.receipts if r.receipt.kind.name == "INFERENCE")
+        assert steps == [1, 1]  # step 0's receipt went with the stream; the replay and step 1 are kept
+    finally:
+        if client is not None:
+            client.close()
+        node.stop()
