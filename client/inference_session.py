@@ -29,10 +29,10 @@ from typing import Any
 
 import torch
 
-from client.receipt_book import ReceiptCheck, request_ref_for_step
+from client.receipt_book import ReceiptCheck
 from client.remote_calls import CallResult, NodeFailure, SpanSession, new_session_id
 from client.swarm_context import SwarmContext
-from protocol.receipts import Kind
+from protocol.receipts import Kind, request_ref_for_step
 
 logger = logging.getLogger("corolla.client")
 

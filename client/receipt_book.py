@@ -25,21 +25,11 @@ from functools import partial
 
 from client.remote_calls import CallResult, NodeFailure
 from protocol.dht_keys import NodeAnnouncement
-from protocol.hashing import digest, tensor_digest_raw
 from protocol.identity import Identity
-from protocol.messages import RequestMeta, WireTensor
+from protocol.messages import RequestMeta, wire_digest
 from protocol.receipts import Kind, SignedReceipt
 
 logger = logging.getLogger("corolla.client")
-
-
-def request_ref_for_step(session_id: bytes, step: int) -> bytes:
-    """Same derivation as the node's (node/receipt_signing.py) for inference steps."""
-    return digest(b"COROLLA/request-ref/v1" + session_id + step.to_bytes(4, "big"))
-
-
-def wire_digest(wire: WireTensor) -> bytes:
-    return tensor_digest_raw(wire.dtype, tuple(wire.shape), wire.data)
 
 
 @dataclass

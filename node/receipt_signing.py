@@ -30,23 +30,13 @@ import torch
 from node.openings import RetentionStore, SessionRecord, StepRecord, step_record
 from node.receipt_outbox import OutboxWriter, ReceiptOutbox, default_outbox_path
 from node.ticket_check import FREE, TicketDecision
-from protocol.hashing import digest, tensor_digest_raw
 from protocol.identity import Identity
 from protocol.merkle import block_root
-from protocol.messages import Frame, RequestMeta, WireTensor, read_frame, write_frame
-from protocol.receipts import ZERO32, Kind, Receipt, SignedReceipt
+from protocol.messages import Frame, RequestMeta, WireTensor, read_frame, wire_digest, write_frame
+from protocol.receipts import ZERO32, Kind, Receipt, SignedReceipt, request_ref_for_step
 from protocol.tensor_hash import tensor_digest
 
 logger = logging.getLogger("corolla.node")
-
-
-def request_ref_for_step(session_id: bytes, step: int) -> bytes:
-    """The request reference of an inference step (client and node compute the same)."""
-    return digest(b"COROLLA/request-ref/v1" + session_id + step.to_bytes(4, "big"))
-
-
-def wire_digest(wire: WireTensor) -> bytes:
-    return tensor_digest_raw(wire.dtype, tuple(wire.shape), wire.data)
 
 
 def _output_hash(out: torch.Tensor, per_block: list[torch.Tensor], record: StepRecord) -> bytes:

@@ -61,6 +61,8 @@ from typing import Any
 
 import msgpack
 
+from protocol.hashing import tensor_digest_raw
+
 PROTOCOL_VERSION = 1
 HANDLERS = {
     "forward": "/corolla/forward/1",
@@ -289,6 +291,11 @@ def tensor_to_wire(tensor: Any) -> WireTensor:
         return WireTensor(dtype, tuple(t.shape), b"")
     data = memoryview(t.reshape(-1).view(torch.uint8).numpy())
     return WireTensor(dtype, tuple(t.shape), data)
+
+
+def wire_digest(wire: WireTensor) -> bytes:
+    """Tensor digest (protocol/hashing.py) of a tensor as it went over the wire."""
+    return tensor_digest_raw(wire.dtype, tuple(wire.shape), wire.data)
 
 
 def tensor_from_wire(wire: WireTensor) -> Any:

@@ -164,6 +164,14 @@ class Receipt:
         return cls(kind=kind, **values)
 
 
+REQUEST_REF_DOMAIN = b"COROLLA/request-ref/v1"
+
+
+def request_ref_for_step(session_id: bytes, step: int) -> bytes:
+    """The request reference of an inference step: client and node derive the same one."""
+    return digest(REQUEST_REF_DOMAIN + check_bytes("session_id", session_id, 16) + step.to_bytes(4, "big"))
+
+
 def ack_message(receipt_id: bytes) -> bytes:
     """What the client signs to acknowledge delivery of the output of a receipt."""
     return ACK_DOMAIN + check_bytes("receipt_id", receipt_id, DIGEST_SIZE)

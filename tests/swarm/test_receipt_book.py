@@ -8,12 +8,12 @@ import os
 import pytest
 import torch
 
-from client.receipt_book import ReceiptBook, request_ref_for_step, wire_digest
+from client.receipt_book import ReceiptBook
 from client.remote_calls import CallResult, NodeFailure, SpanSession
 from protocol.dht_keys import NodeAnnouncement
 from protocol.identity import Identity
-from protocol.messages import RequestMeta, ResponseMeta, tensor_to_wire
-from protocol.receipts import Kind, Receipt
+from protocol.messages import RequestMeta, ResponseMeta, tensor_to_wire, wire_digest
+from protocol.receipts import Kind, Receipt, request_ref_for_step
 
 CLIENT = Identity.from_private_bytes(bytes([7]) * 32)
 NODES = [Identity.from_private_bytes(bytes([i + 1]) * 32) for i in range(2)]
