@@ -18,11 +18,13 @@ daemon, and each node with its p2pd daemon. The table shows CPU µs per generate
 for each, receipts off vs on, summed over all rounds: that says where the cost of
 receipts is, independently of what else the machine was doing.
 
-    .venv/bin/python benchmarks/receipts.py [--layers 8 --hidden 512 --tokens 64] [--json]
+    .venv/bin/python benchmarks/receipts.py [--layers 8 --hidden 512 --tokens 32 --rounds 48] [--json]
 
 With --json the last line is one JSON object with overhead_fraction (inference, on vs off)
 and forward_overhead_fraction (medians of per-round ratios; `overhead_fraction_quartiles`
-says how far the rounds spread), the same from the medians
+says how far the rounds spread and `overhead_fraction_ci95` how far that leaves the median
+open: with 16 rounds it moved ±3 points between runs of two identical swarms, hence 48
+shorter rounds by default), the same from the medians
 of each swarm's timings (`*_of_medians`), and `cpu_us_per_token` ({"off"|"on": {part: µs}})
 with `cpu_overhead_fraction` (all parts' CPU on vs off).
 """
@@ -48,10 +50,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=8, help="blocks of the benchmark Llama (default 8)")
     p.add_argument("--hidden", type=int, default=512, help="hidden size (default 512)")
-    p.add_argument("--tokens", type=int, default=64, help="new tokens per generation (default 64)")
-    p.add_argument("--rounds", type=int, default=16, help="alternating timed rounds per swarm (median kept)")
+    p.add_argument("--tokens", type=int, default=32, help="new tokens per generation (default 32)")
+    p.add_argument("--rounds", type=int, default=48,
+                   help="alternating timed rounds per swarm (default 48; the median of their ratios is kept)")
     p.add_argument("--batch", type=int, default=4, help="forward batch size (default 4)")
     p.add_argument("--seq", type=int, default=128, help="forward sequence length (default 128)")
+    p.add_argument("--receipt-batch", type=int, default=None,
+                   help="inference receipts a node may send together (default: the client's, 4)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     return p.parse_args(argv)
 
@@ -145,6 +150,14 @@ def timed(fn: Any, meter: CpuMeter | None = None, cpu: dict[str, int] | None = N
     return elapsed
 
 
+def median_ci95(values: list[float]) -> tuple[float, float]:
+    """Distribution-free 95 % confidence interval of the median (order statistics): how far
+    the round-to-round noise of this machine leaves the overhead open."""
+    ordered, n = sorted(values), len(values)
+    k = max(0, int((n - 1.96 * n ** 0.5) / 2))
+    return ordered[k], ordered[n - 1 - k]
+
+
 def hashing_figures() -> dict[str, float]:
     from benchmarks import receipts_hashing
 
@@ -171,8 +184,9 @@ def main(argv: list[str]) -> int:
         Identity.load_or_create(workdir / "client.key")
         off = AutoDistributedModelForCausalLM.from_pretrained(str(model), initial_peers=peers_off)
         stack.callback(off.close)
+        batching = {} if args.receipt_batch is None else {"receipt_batch": args.receipt_batch}
         on = AutoDistributedModelForCausalLM.from_pretrained(str(model), initial_peers=peers_on,
-                                                             key=str(workdir / "client.key"))
+                                                             key=str(workdir / "client.key"), **batching)
         stack.callback(on.close)
 
         ids = torch.randint(4, 500, (1, 8), generator=torch.Generator().manual_seed(0))
@@ -199,6 +213,7 @@ def main(argv: list[str]) -> int:
     gen_ratios = sorted(on / off for on, off in zip(gen["on"], gen["off"], strict=True))
     gen_ratio = statistics.median(gen_ratios)
     quartiles = statistics.quantiles(gen_ratios, n=4) if len(gen_ratios) > 1 else [gen_ratio] * 3
+    ci_low, ci_high = median_ci95(gen_ratios)
     fwd_ratio = statistics.median(on / off for on, off in zip(fwd["on"], fwd["off"], strict=True))
     tokens = args.batch * args.seq
     generated = args.rounds * args.tokens
@@ -208,10 +223,11 @@ def main(argv: list[str]) -> int:
     cpu_total = {side: sum(cpu[side].values()) / generated / 1e3 for side in ("off", "on")}
     hashing = hashing_figures()
     result = {
-        "model": f"llama {args.layers}x{args.hidden}", "hops": 2,
+        "model": f"llama {args.layers}x{args.hidden}", "hops": 2, "receipt_batch": on.swarm.receipt_batch,
         "latency_ms_per_token_off": round(ms_off, 3), "latency_ms_per_token_on": round(ms_on, 3),
         "overhead_fraction": round(gen_ratio - 1, 4),
         "overhead_fraction_quartiles": [round(quartiles[0] - 1, 4), round(quartiles[2] - 1, 4)],
+        "overhead_fraction_ci95": [round(ci_low - 1, 4), round(ci_high - 1, 4)],
         "overhead_fraction_of_medians": round(ms_on / ms_off - 1, 4),
         "forward_tokens_per_s_off": round(tokens / fwd_off, 1), "forward_tokens_per_s_on": round(tokens / fwd_on, 1),
         "forward_overhead_fraction": round(fwd_ratio - 1, 4),
@@ -223,13 +239,15 @@ def main(argv: list[str]) -> int:
         "sign_us_per_receipt": round(hashing.get("ed25519_sign_us", float("nan")), 1),
         "verify_us_per_receipt": round(hashing.get("ed25519_verify_us", float("nan")), 1),
     }
-    print(f"receipts on vs off — llama {args.layers} blocks x hidden {args.hidden}, 2 nodes per swarm, loopback")
+    print(f"receipts on vs off — llama {args.layers} blocks x hidden {args.hidden}, 2 nodes per swarm, loopback, "
+          f"receipts sent {result['receipt_batch']} at a time")
     print(f"{'':32} {'off':>12} {'on':>12} {'overhead':>9}")
     print(f"{'generation (ms/token)':32} {ms_off:>12.2f} {ms_on:>12.2f} {result['overhead_fraction']:>9.1%}")
     print(f"{f'forward {args.batch}x{args.seq} (tokens/s)':32} {tokens / fwd_off:>12.0f} {tokens / fwd_on:>12.0f} "
           f"{result['forward_overhead_fraction']:>9.1%}")
     print(f"(overhead = median over {args.rounds} rounds of on/off, each round timing both back to back; "
-          f"generation quartiles {quartiles[0] - 1:.1%} … {quartiles[2] - 1:.1%})")
+          f"generation quartiles {quartiles[0] - 1:.1%} … {quartiles[2] - 1:.1%}; "
+          f"95 % interval of the median {ci_low - 1:.1%} … {ci_high - 1:.1%})")
     print(f"{'generation rounds on/off':32} " + " ".join(f"{a / b:.3f}" for a, b in zip(gen["on"], gen["off"],
                                                                                      strict=True)))
     print(f"\nCPU time per generated token (µs, sum over {args.rounds} rounds of {args.tokens} tokens)")

@@ -6,16 +6,19 @@ the same blocks is opened and the stored inputs are replayed through it before t
 current step continues, so the replacement's cache is exactly what the failed node's was
 (correct by construction: nothing is recomputed from outputs we did not keep).
 
-With an identity, the client opens each span with `receipt_with_next`: a node sends a
-step's output at once and signs its receipt after, and the receipt comes in front of the
-node's next answer, in the same write (protocol/messages.py). So the output goes on to the
-next hop before any hashing or signing, and a receipt costs no frame of its own. Each
+With an identity, the client opens each span with `receipt_with_next` and
+`receipt_batch` (SwarmContext.receipt_batch, default 4): a node sends a step's output at
+once and signs its receipt after, and the receipts come in front of a later answer of the
+node, in the same write, up to `receipt_batch` at a time (protocol/messages.py). So the
+output goes on to the next hop before any hashing or signing, a receipt costs no frame of
+its own, and the node signs and stores several in one go. A node that holds back more is
+treated as failed. Each
 receipt is verified and counter-signed as soon as it is in, in step order, on the
 event-loop thread right after the next request is written, while that node computes
 (`_release`): it never competes with the client forwarding an output. A node's
 counter-signatures travel in the same write as its next step; a node whose receipt failed
-is treated as failed at its next step, like any other failure (so one to two steps after
-the result the receipt was for). `close()` (the end of `generate`) collects the receipts
+is treated as failed at its next step, like any other failure (so at most
+`receipt_batch` + 1 steps after the result the receipt was for). `close()` (the end of `generate`) collects the receipts
 still owed (`SpanSession.finish`), checks them, sends the last counter-signatures with
 `close` and bans a node whose last receipts failed.
 """
@@ -172,7 +175,8 @@ class InferenceSession:
         for _attempt in range(self.swarm.max_attempts):
             chain = await self.swarm.router.route(start, end)
             spans = [SpanSession(self.swarm.conn, ann, self.swarm.meta(ann, self.session_id, 0), self.batch,
-                                 self.max_length, receipt_with_next=self.swarm.receipts is not None)
+                                 self.max_length, receipt_with_next=self.swarm.receipts is not None,
+                                 receipt_batch=self.swarm.receipt_batch)
                      for ann in chain]
             try:
                 x, previous = prefix, None

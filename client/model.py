@@ -23,7 +23,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from client.inference_session import InferenceSession
 from client.remote_sequence import RemoteBlocks
-from client.swarm_context import SwarmContext
+from client.swarm_context import DEFAULT_RECEIPT_BATCH, SwarmContext
+from protocol.messages import MAX_RECEIPT_BATCH
 
 
 class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
@@ -174,10 +175,14 @@ class AutoDistributedModelForCausalLM:
     def from_pretrained(model: str, initial_peers: list[str], *, dtype: torch.dtype = torch.float32,
                         key: str | None = None, refresh_s: float = 10.0, ban_s: float = 60.0,
                         spending: Any = None, ledger: str | None = None, spend: int | None = None,
-                        **kwargs: Any) -> DistributedModelForCausalLM:
+                        receipt_batch: int = DEFAULT_RECEIPT_BATCH, **kwargs: Any) -> DistributedModelForCausalLM:
         """Open the swarm serving `model`. With `ledger`, `key` and `spend`, the client escrows up
         to `spend` credits with the ledger and attaches priority tickets to its requests until the
-        budget is used up, then falls back to free service."""
+        budget is used up, then falls back to free service. With `key`, `receipt_batch` is how
+        many inference receipts a node may send together (1 = each with the next answer)."""
+        if isinstance(receipt_batch, bool) or not isinstance(receipt_batch, int) \
+                or not 1 <= receipt_batch <= MAX_RECEIPT_BATCH:
+            raise ValueError(f"receipt_batch must be an integer from 1 to {MAX_RECEIPT_BATCH}, got {receipt_batch!r}")
         from client.routing import Router
         from client.swarm_connection import SwarmConnection
         from models.loading import resolve_model_dir
@@ -198,7 +203,8 @@ class AutoDistributedModelForCausalLM:
             from protocol.identity import Identity
 
             spending = SpendingPolicy(ledger, Identity.load(key), int(spend))
-        swarm = SwarmContext(conn, router, manifest_hash, manifest.num_blocks, spending=spending)
+        swarm = SwarmContext(conn, router, manifest_hash, manifest.num_blocks, spending=spending,
+                             receipt_batch=receipt_batch)
         if key is not None:
             from client.receipt_book import ReceiptBook
 

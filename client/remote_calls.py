@@ -125,8 +125,9 @@ class SpanSession:
     """One node's part of an inference session: a stream kept open across steps.
 
     With `receipt_with_next`, a step's result comes without its receipt: the node sends the
-    receipt in front of its next answer (protocol/messages.py), so `owed` lists the results
-    still waiting for theirs, and `finish()` collects the last ones before `close()`."""
+    receipt in front of a later answer, at most `receipt_batch` results later
+    (protocol/messages.py), so `owed` lists the results still waiting for theirs, and
+    `finish()` collects the last ones before `close()`."""
 
     conn: SwarmConnection
     ann: NodeAnnouncement
@@ -139,6 +140,7 @@ class SpanSession:
     unchecked: list[Any] = field(default_factory=list)  # ReceiptChecks of our results, oldest first
     pending_acks: list[list[bytes]] = field(default_factory=list)  # counter-signatures for the next frame
     receipt_with_next: bool = False
+    receipt_batch: int = 1  # with receipt_with_next: how many receipts the node may hold back
     owed: deque[CallResult] = field(default_factory=deque)  # results whose receipt is still to come
     _reader: asyncio.StreamReader | None = None
     _writer: asyncio.StreamWriter | None = None
@@ -149,7 +151,7 @@ class SpanSession:
             self._reader, self._writer = await self.conn.open_stream(self.ann, "inference")
             meta = {**self.meta.to_meta(), "batch": self.batch, "max_length": self.max_length}
             if self.receipt_with_next:
-                meta["receipt_with_next"] = True
+                meta["receipt_with_next"], meta["receipt_batch"] = True, self.receipt_batch
             frame = Frame("open_session", meta)
             await write_frame(self._writer, frame)
 
@@ -185,6 +187,10 @@ class SpanSession:
                             receipt_owed=response.receipt_follows)
         if result.receipt_owed:
             self.owed.append(result)
+            if len(self.owed) > self.receipt_batch:
+                logger.warning("node %s holds back %d receipts (at most %d allowed); treating it as faulty",
+                               self.ann.peer_id[-8:], len(self.owed), self.receipt_batch)
+                raise NodeFailure(self.ann.peer_id, f"withholds receipts: {len(self.owed)} results without one")
         return result
 
     async def _read_answer(self) -> Frame:

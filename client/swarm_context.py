@@ -11,6 +11,11 @@ from client.swarm_connection import SwarmConnection
 from protocol.dht_keys import NodeAnnouncement
 from protocol.messages import RequestMeta
 
+DEFAULT_RECEIPT_BATCH = 4
+"""Inference receipts a node may hold back and send together (protocol/messages.py,
+`receipt_batch`): 4 roughly halves what receipts cost a node per token, and the client
+still checks each one, at most 4 steps after its result (benchmarks/receipts.py)."""
+
 
 @dataclass
 class SwarmContext:
@@ -22,6 +27,7 @@ class SwarmContext:
     receipts: Any = None  # client.receipt_book.ReceiptBook when the client has an identity
     spending: Any = None  # client.spending.SpendingPolicyBase: tickets to attach (None = free)
     max_attempts: int = 5
+    receipt_batch: int = DEFAULT_RECEIPT_BATCH
 
     def meta(self, ann: NodeAnnouncement, session_id: bytes, step: int, request_ref: bytes = b"") -> RequestMeta:
         ticket, bid = b"", 0

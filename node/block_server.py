@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -39,6 +39,7 @@ from protocol.messages import (
     discard,
     error_frame,
     read_frame,
+    receipt_batch,
     tensor_from_wire,
     tensor_to_wire,
     write_frame,
@@ -54,6 +55,37 @@ class ServerLimits:
     max_session_length: int = 8192
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     session_idle_timeout_s: float = 300.0
+
+
+class HeldReceipts:
+    """An inference session's answered steps whose receipts are not signed yet (`receipt_with_next`).
+
+    Every `every` steps (the client's `receipt_batch`), they are signed and stored in one
+    outbox transaction, with the counter-signatures that came meanwhile, and their `receipt`
+    frames go in front of the node's next answer. One transaction and one warm pass over
+    the signing code for several steps costs the node less per token than one per step.
+    """
+
+    def __init__(self, receipts: Any, every: int):
+        self.receipts = receipts  # node.receipt_signing.ReceiptSigner
+        self.every = every
+        self._unsigned: list[Callable[[], bytes]] = []
+
+    def add(self, sign: Callable[[], bytes]) -> list[Frame]:
+        """Hold one answered step's receipt; the receipt frames to send once `every` are held."""
+        self._unsigned.append(sign)
+        return self.take() if len(self._unsigned) >= self.every else []
+
+    def take(self) -> list[Frame]:
+        """Sign and store every held receipt now (durable on return); their frames, in step order."""
+        signed = []
+        try:
+            for sign in self._unsigned:
+                signed.append(Frame("receipt", {"receipt": sign()}))
+        finally:
+            self._unsigned.clear()
+            self.receipts.replied(store_here=True)
+        return signed
 
 
 class BlockServer:
@@ -223,6 +255,7 @@ class BlockServer:
             raise WireError(ErrorCode.BAD_REQUEST, "open_session needs integer batch and max_length") from None
         if batch < 1 or max_length < 1:
             raise WireError(ErrorCode.BAD_REQUEST, "batch and max_length must be positive")
+        receipts_held = receipt_batch(frame.meta) if frame.meta.get("receipt_with_next") is True else 1
         if max_length > self.limits.max_session_length:
             raise WireError(ErrorCode.TOO_LONG,
                             f"max_length {max_length} exceeds this node's limit of {self.limits.max_session_length}")
@@ -237,8 +270,14 @@ class BlockServer:
             state = None if self.receipts is None else self.receipts.new_session(meta, batch, max_length)
             logger.info("session %s from %s opened (batch %d, max_length %d)", session_id.hex()[:8], peer,
                         batch, max_length)
-            deferred = state is not None and frame.meta.get("receipt_with_next") is True
-            await self._session_loop(reader, writer, meta, cache, state, deferred)
+            held = None
+            if state is not None and frame.meta.get("receipt_with_next") is True:
+                held = HeldReceipts(self.receipts, receipts_held)
+            try:
+                await self._session_loop(reader, writer, meta, cache, state, held)
+            finally:
+                if held is not None:  # answered steps whose receipts were not sent: our own evidence
+                    held.take()
         finally:
             if self.receipts is not None:
                 self.receipts.replied()  # acks that came with `close` (or before a failure)
@@ -247,16 +286,18 @@ class BlockServer:
             logger.info("session %s closed", session_id.hex()[:8])
 
     async def _session_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, meta: RequestMeta,
-                            cache: Any, state: Any, deferred: bool = False) -> None:
-        """Steps until `close`. With `deferred` (the client asked for `receipt_with_next`), a
-        step's receipt is signed once its result is sent, and travels in front of this node's
-        next answer on the stream, in the same write (protocol/messages.py)."""
-        owed: list[Frame] = []  # receipt frames signed but not sent yet (at most one)
+                            cache: Any, state: Any, held: HeldReceipts | None = None) -> None:
+        """Steps until `close`. With `held` (the client asked for `receipt_with_next`), a step's
+        receipt is signed once its result is sent, `held.every` steps at a time, and travels
+        in front of this node's next answer on the stream, in the same write
+        (protocol/messages.py)."""
+        owed: list[Frame] = []  # receipt frames signed and stored but not sent yet
         while True:
             try:
                 frame = await asyncio.wait_for(read_frame(reader, self.limits.max_payload_bytes),
                                                self.limits.session_idle_timeout_s)
             except TimeoutError:
+                owed += held.take() if held is not None else []
                 if owed:  # the client's evidence goes out before we give up
                     await write_frames(writer, owed)
                 raise WireError(ErrorCode.NOT_FOUND, "session closed after being idle too long") from None
@@ -267,6 +308,7 @@ class BlockServer:
                     self.receipts.queue_ack(frame.meta, hold=True)
                 continue
             if frame.kind == "finish":  # the client collects what we owe before it closes
+                owed += held.take() if held is not None else []
                 await write_frames(writer, [*owed, Frame("finished")])
                 owed = []
                 continue
@@ -276,6 +318,7 @@ class BlockServer:
             if hidden.shape[0] != cache.batch:
                 raise WireError(ErrorCode.BAD_REQUEST, f"session batch is {cache.batch}, step has {hidden.shape[0]}")
             if cache.length + hidden.shape[1] > cache.max_length:
+                owed += held.take() if held is not None else []
                 await write_frames(writer, [*owed, error_frame(
                     ErrorCode.TOO_LONG,
                     f"session max_length is {cache.max_length}: {cache.length} positions used, "
@@ -286,27 +329,22 @@ class BlockServer:
             started = time.perf_counter()
             out, receipt, decision = await self._run("inference", meta, hidden.shape[0] * hidden.shape[1],
                                                      self._compute_step, frame, hidden, cache, state, step,
-                                                     deferred)
-            if deferred:
-                owed = await self._reply_then_sign(writer, owed, out, receipt, started, decision)
+                                                     held is not None)
+            if held is not None:
+                owed = await self._reply_then_sign(writer, owed, held, out, receipt, started, decision)
             else:
                 await self._reply(writer, out, receipt, started, decision)
 
-    async def _reply_then_sign(self, writer: asyncio.StreamWriter, owed: list[Frame], out: torch.Tensor,
-                               sign: Any, started: float, decision: TicketDecision) -> list[Frame]:
-        """The receipts owed and this result in one write, then this result's receipt, which
-        `sign()` makes now (the client has the output; the next hop computes meanwhile) and
-        the next answer carries."""
-        assert self.receipts is not None
+    async def _reply_then_sign(self, writer: asyncio.StreamWriter, owed: list[Frame], held: HeldReceipts,
+                               out: torch.Tensor, sign: Any, started: float, decision: TicketDecision) -> list[Frame]:
+        """The receipts owed and this result in one write; then this result's receipt joins
+        `held`, which signs and stores the held ones every `held.every` steps (the client has
+        the output; the next hop computes meanwhile): the receipts the next answer carries."""
         response = ResponseMeta(compute_ms=(time.perf_counter() - started) * 1e3, notice=decision.message,
                                 receipt_follows=True)
-        try:
-            await write_frames(writer, [*owed, Frame("result", response.to_meta(), [tensor_to_wire(out)])])
-            self.requests_served += 1
-            return [Frame("receipt", {"receipt": sign()})]
-        finally:
-            # stored now, on this thread while the next hop computes, before it is delivered
-            self.receipts.replied(store_here=True)
+        await write_frames(writer, [*owed, Frame("result", response.to_meta(), [tensor_to_wire(out)])])
+        self.requests_served += 1
+        return held.add(sign)
 
     def _compute_step(self, frame: Frame, hidden: torch.Tensor, cache: Any, state: Any, step: int,
                       deferred: bool, decision: TicketDecision) -> Generator[None, None, tuple[torch.Tensor, Any]]:

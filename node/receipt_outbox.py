@@ -66,6 +66,13 @@ logger = logging.getLogger("corolla.node")
 
 _COLUMNS = ("id, signed, client_signature, created_ms, shipped_ms, status, reason, attempts")
 
+# Attach a (checked) client counter-signature unless the receipt has one; a receipt the
+# ledger already has without it is queued again, so the ledger gets the ack. One statement
+# per ack (executemany for a batch), no read first: unknown ids change nothing.
+_ATTACH = ("UPDATE receipts SET client_signature = ?,"
+           " shipped_ms = CASE WHEN status IN ('accepted', 'duplicate') THEN NULL ELSE shipped_ms END"
+           " WHERE id = ? AND client_signature IS NULL")
+
 
 def default_outbox_path(key_path: str | Path) -> Path:
     """The outbox next to a node's key file: `identity.key` -> `identity.receipts.sqlite`."""
@@ -167,8 +174,8 @@ class ReceiptOutbox:
                     "INSERT OR IGNORE INTO receipts (id, signed, client_signature, kind, block_start, block_end,"
                     " session_id, step, tokens, created_ms) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
                 inserted = self._db.total_changes - before
-                for rid, sig in acks:
-                    self._attach(rid, sig)
+                if acks:
+                    self._db.executemany(_ATTACH, [(sig, rid) for rid, sig in acks])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -193,15 +200,8 @@ class ReceiptOutbox:
         return known
 
     def _attach(self, receipt_id: bytes, signature: bytes) -> bool:
-        row = self._db.execute("SELECT client_signature, status FROM receipts WHERE id = ?", (receipt_id,)).fetchone()
-        if row is None:
-            return False
-        if row[0] is None:
-            requeue = row[1] in ("accepted", "duplicate")
-            self._db.execute(
-                "UPDATE receipts SET client_signature = ?, shipped_ms = CASE WHEN ? THEN NULL ELSE shipped_ms END"
-                " WHERE id = ?", (signature, requeue, receipt_id))
-        return True
+        self._db.execute(_ATTACH, (signature, receipt_id))
+        return self._db.execute("SELECT 1 FROM receipts WHERE id = ?", (receipt_id,)).fetchone() is not None
 
     def mark_shipped(self, items: Iterable[bytes | SignedReceipt], status: str = "accepted") -> None:
         """The ledger has these (accepted or duplicate).

@@ -7,9 +7,10 @@ backward receipts are signed between compute and reply and go to the outbox thro
 group-commit writer (node/receipt_outbox.py), held until the block server has written the
 reply (`replied()`) and stored moments later: a node killed in those few ms loses them
 from its own outbox (the client holds them either way). An inference step's receipt
-(`receipt_with_next`, protocol/messages.py) is signed after its result is sent and stored
-at once on the event loop (`replied(store_here=True)`), together with the
-counter-signatures that came with the step, before the node's next answer delivers it.
+(`receipt_with_next`, protocol/messages.py) is signed after its result is sent, the
+client's `receipt_batch` steps at a time (node/block_server.py, `HeldReceipts`), and
+stored at once on the event loop (`replied(store_here=True)`), together with the
+counter-signatures that came meanwhile, before the node's next answer delivers it.
 Client counter-signatures arrive as `ack` frames (a session's ride with its next step;
 forward and backward ones come by the `ack` RPC) and are checked (Ed25519) and stored
 behind their receipts: a receipt is durable before its counter-signature is stored, and

@@ -28,6 +28,11 @@ RPCs (request kind -> reply kind):
   `error`, or `finished`, its answer to a `finish` frame (which the client sends before
   `close` to collect the receipts still owed). Receipts come in step order. Signing thus
   leaves the hop-to-hop critical path, and a receipt costs no frame write of its own.
+  With `"receipt_batch": k` (1 to MAX_RECEIPT_BATCH, default 1) next to it, the client
+  lets the node hold up to k answered steps' receipts and send them together: after
+  any answer, at most k results may still wait for their receipt (a node that owes more
+  is faulty). The node signs and stores those k receipts in one go, which costs it less
+  per token; the client checks them, and can drop a lying node, up to k steps later.
 - `open` (challenges): `open` frame (meta: {"receipt_id": 32 bytes, "block": absolute block
   index}) -> `openings` frame: meta {"receipt": SignedReceipt.to_bytes(), "block": int,
   "leaf_index": block - block_start, "num_leaves": int, "proof": [32-byte nodes] for
@@ -75,6 +80,7 @@ DTYPE_SIZES = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4
 ACTIVATION_DTYPES = ("float32", "float16", "bfloat16")
 MAX_HEADER_BYTES = 1 << 20
 DEFAULT_MAX_PAYLOAD_BYTES = 256 << 20
+MAX_RECEIPT_BATCH = 16  # receipts a node may hold back in an inference session (`receipt_batch`)
 
 
 class ErrorCode(StrEnum):
@@ -182,6 +188,16 @@ class ResponseMeta:
         return cls(receipt=bytes(receipt) if isinstance(receipt, (bytes, bytearray)) else b"",
                    compute_ms=float(meta.get("compute_ms", 0.0)), notice=str(meta.get("notice", "")),
                    receipt_follows=meta.get("receipt_follows") is True)
+
+
+def receipt_batch(open_meta: dict[str, Any]) -> int:
+    """How many answered steps' receipts the client lets a node hold back (its `open_session`
+    meta `receipt_batch`, default 1); more than MAX_RECEIPT_BATCH is held to that."""
+    value = open_meta.get("receipt_batch", 1)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise WireError(ErrorCode.BAD_REQUEST,
+                        f"receipt_batch must be a positive integer (1 to {MAX_RECEIPT_BATCH}), got {value!r}")
+    return min(value, MAX_RECEIPT_BATCH)
 
 
 def expected_nbytes(dtype: str, shape: tuple[int, ...] | list[int]) -> int:

@@ -45,6 +45,12 @@ _UINT_FIELDS = {
 }
 
 
+# field names in _LAYOUT order (the encoding puts price before timestamp_ms)
+_DECODED_ORDER = ("node_key", "client_key", "model", "block_start", "block_end", "kind", "session_id", "step",
+                  "batch", "tokens", "input_hash", "output_hash", "blocks_root", "request_ref", "ticket_id", "price",
+                  "timestamp_ms")
+
+
 @dataclass(frozen=True)
 class Receipt:
     """One step of work: who, what, and commitments to the tensors that went in and out."""
@@ -102,16 +108,21 @@ class Receipt:
             raise ValueError(f"receipt must be {RECEIPT_SIZE} bytes, got {len(data)}")
         if not data.startswith(RECEIPT_DOMAIN):
             raise ValueError("not a COROLLA/receipt/v1 encoding")
-        (node_key, client_key, model, block_start, block_end, kind, session_id, step, batch,
-         tokens, input_hash, output_hash, blocks_root, request_ref, ticket_id, price,
-         timestamp_ms) = _LAYOUT.unpack(data[len(RECEIPT_DOMAIN):])
-        return cls(
-            node_key=node_key, client_key=client_key, model=model, block_start=block_start,
-            block_end=block_end, kind=kind, session_id=session_id, step=step, batch=batch,
-            tokens=tokens, input_hash=input_hash, output_hash=output_hash,
-            blocks_root=blocks_root, request_ref=request_ref, ticket_id=ticket_id, price=price,
-            timestamp_ms=timestamp_ms,
-        )
+        values = _LAYOUT.unpack(data[len(RECEIPT_DOMAIN):])
+        # The fixed layout already gives every bytes field its size and every integer its
+        # range, so only the kind and the span are left to check; and the encoding is `data`
+        # itself (clients and the ledger decode a receipt per step: no re-validation, no re-pack).
+        try:
+            kind = Kind(values[5])
+        except ValueError:
+            raise ValueError(f"unknown receipt kind {values[5]!r}") from None
+        if values[4] <= values[3]:
+            raise ValueError(f"empty block span [{values[3]}, {values[4]})")
+        receipt = cls.__new__(cls)
+        receipt.__dict__.update(zip(_DECODED_ORDER, values, strict=True))
+        receipt.__dict__["kind"] = kind
+        receipt.__dict__["_encoded"] = data
+        return receipt
 
     def receipt_id(self) -> bytes:
         return self._receipt_id

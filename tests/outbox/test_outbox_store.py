@@ -191,6 +191,27 @@ def test_shipped_receipts_leave_pending_and_an_ack_after_shipping_requeues_once(
         assert outbox.requeue_rejected() == 1 and len(outbox.pending(10)) == 2
 
 
+def test_acks_stored_in_one_batch_with_new_receipts_follow_the_same_rules(tmp_path):
+    """append_many's acks (an inference session's, stored with the next receipts): an ack for
+    a receipt the ledger has requeues it once, an unknown id changes nothing, and a receipt
+    that has an ack keeps its first one."""
+    with ReceiptOutbox(tmp_path / "o.sqlite", ack_grace_ms=60_000) as outbox:
+        a, b, c = make_receipt(1), make_receipt(2), make_receipt(3)
+        outbox.append_many([a, b])
+        outbox.mark_shipped([a], "accepted")
+        first = b.countersign(CLIENT).client_signature
+        outbox.append_many([], [(b.id, first)])
+        new = outbox.append_many([c], [(a.id, a.countersign(CLIENT).client_signature), (b.id, bytes(64)),
+                                       (b"\x09" * 32, bytes(64))])
+        assert new == 1 and outbox.counts().total == 3
+        assert outbox.get(b.id).receipt.client_signature == first
+        assert {s.id for s in outbox.pending(10)} == {a.id, b.id}  # a again (now acked), b acked; c waits
+        assert outbox.get(a.id).receipt.verify_client()
+        assert outbox.attach_client_signature(b"\x09" * 32, bytes(64)) is False
+        assert outbox.attach_client_signature(a.id, bytes(64)) is True  # known, already acked: unchanged
+        assert outbox.get(a.id).receipt.verify_client()
+
+
 def test_ack_attached_while_a_batch_is_in_flight_is_not_lost(tmp_path):
     with ReceiptOutbox(tmp_path / "o.sqlite", ack_grace_ms=0) as outbox:
         a = make_receipt(1)

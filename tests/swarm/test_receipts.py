@@ -164,6 +164,23 @@ def node_with_signer(model, dht_peer, key, monkeypatch, sign_step_for):
         monkeypatch.setattr(node_cli, "make_receipts", real_make)
 
 
+@pytest.fixture(params=[1, 4], ids=["receipt_batch=1", "receipt_batch=4"])
+def receipt_batch(request, receipt_swarm):
+    """The client lets nodes send inference receipts this many at a time (then back to its default)."""
+    client = receipt_swarm[2]
+    default, client.swarm.receipt_batch = client.swarm.receipt_batch, request.param
+    yield request.param
+    client.swarm.receipt_batch = default
+
+
+def dropped_before(bad_step: int, batch: int) -> int:
+    """The first step a node no longer serves when its receipt for `bad_step` is bad: that
+    receipt comes, with the rest of its batch, in front of the node's answer to the next
+    multiple of `batch`; it is checked once the client has sent its next request, and the node
+    is dropped before its next step."""
+    return (bad_step // batch + 1) * batch + 1
+
+
 def local_greedy(model, ids: torch.Tensor, tokens: int) -> torch.Tensor:
     """What transformers generates greedily on the same model, run locally."""
     from transformers import AutoModelForCausalLM
@@ -179,8 +196,9 @@ def forget(client, honest_peer: str, node) -> None:
     node.stop()
 
 
-def test_node_with_invalid_receipts_is_banned_and_routed_around(receipt_swarm, dht_peer, monkeypatch):
-    """A third node serving 2:4 signs receipts for outputs it did not send: the client drops it."""
+def test_node_with_invalid_receipts_is_banned_and_routed_around(receipt_swarm, receipt_batch, dht_peer, monkeypatch):
+    """A third node serving 2:4 signs receipts for outputs it did not send: the client drops it
+    once its first receipts are in, and the rest of the generation goes through the honest node."""
     model, nodes, client, keys = receipt_swarm
     def lying(honest):
         def sign_step(state, frame, hidden, out, per_block, step, *rest):
@@ -194,22 +212,22 @@ def test_node_with_invalid_receipts_is_banned_and_routed_around(receipt_swarm, d
         client.swarm.router.rtt[honest_peer] = 10.0  # make the liar look faster, so it is tried first
         client.swarm.router.fetched_at = -1e9
         ids = torch.tensor([[20, 21, 22]])
-        with client.inference_session(max_length=8) as session:
-            out = client.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        with client.inference_session(max_length=16) as session:
+            out = client.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)
             assert session.spans[-1].ann.peer_id == honest_peer
         assert client.swarm.router.banned_until.get(liar.peer_id)
-        assert out.tolist() == local_greedy(model, ids, 4).tolist()
+        assert out.tolist() == local_greedy(model, ids, 8).tolist()
     finally:
         forget(client, honest_peer, liar)
 
 
-@pytest.mark.parametrize("bad_step", [1, 3])
-def test_a_receipt_that_fails_background_verification_gets_the_node_dropped(receipt_swarm, dht_peer, monkeypatch,
-                                                                             caplog, bad_step):
+@pytest.mark.parametrize("bad_step", [1, 3, 6])
+def test_a_receipt_that_fails_background_verification_gets_the_node_dropped(receipt_swarm, receipt_batch, dht_peer,
+                                                                             monkeypatch, caplog, bad_step):
     """Receipts are checked while the next hops compute: a node that lies once (here at step
-    `bad_step` of steps 0..3) is dropped when its lie is in and checked: its receipt comes
-    with its next answer, so before its step bad_step + 2, or when the session closes. The
-    output is still exact, the lie is not kept as evidence, its honest receipts are."""
+    `bad_step` of steps 0..7) is dropped when its lie is in and checked (`dropped_before`), or
+    when the session closes. The output is still exact, the lie is not kept as evidence, its
+    honest receipts are, including those of the steps it answered before it was dropped."""
     model, nodes, client, keys = receipt_swarm
     def lying_once(honest):
         def sign_step(state, frame, hidden, out, per_block, step, *rest):
@@ -226,29 +244,36 @@ def test_a_receipt_that_fails_background_verification_gets_the_node_dropped(rece
         client.swarm.router.fetched_at = -1e9
         ids = torch.tensor([[30, 31, 32]])
         with caplog.at_level("WARNING", logger="corolla.client"):
-            with client.inference_session(max_length=8) as session:
-                out = client.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+            with client.inference_session(max_length=16) as session:
+                out = client.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)
                 last = session.spans[-1].ann.peer_id
             # checked by the time the session is closed: nothing left unverified
             assert client.swarm.router.banned_until.get(liar.ready["peer_id"])
-        dropped_before = bad_step + 2  # steps are 0..3
-        assert last == (honest_peer if dropped_before <= 3 else liar.ready["peer_id"])
+        dropped = dropped_before(bad_step, receipt_batch)
+        assert last == (honest_peer if dropped <= 7 else liar.ready["peer_id"])
         assert any("invalid receipt" in r.getMessage() and "output hash" in r.getMessage() for r in caplog.records)
         kept = [(r.receipt.node_key.hex(), r.receipt.step) for r in book.receipts if r.receipt.block_start == 2]
         assert (liar.ready["node_key"], bad_step) not in kept
-        served = range(min(dropped_before, 4))
+        served = range(min(dropped, 8))
         assert [step for key, step in kept if key == liar.ready["node_key"]] == [s for s in served if s != bad_step]
         assert all(r.verify_client() for r in book.receipts)
-        assert out.tolist() == local_greedy(model, ids, 4).tolist()
+        assert out.tolist() == local_greedy(model, ids, 8).tolist()
     finally:
         forget(client, honest_peer, liar)
 
 
-def run_steps_raw(client, ann, with_next: bool, steps: int = 1) -> list[Frame]:
-    """`steps` steps of a fresh inference session on `ann`, then (with `with_next`) `finish`:
-    every frame the node sent, in order."""
+def serving(client, start: int):
+    """The announcement of the node whose span starts at `start`, freshly read from the DHT."""
+    client.swarm.conn.run(client.swarm.router.refresh(), timeout=30)
+    return next(a for a in client.swarm.router.announcements if a.start == start and a.online)
+
+
+def run_steps_raw(client, ann, with_next: bool, steps: int = 1, opening_extra: dict | None = None,
+                  finish: bool = True, session_id: bytes = bytes(range(16))) -> list[Frame]:
+    """`steps` steps of a fresh inference session on `ann`, then (with `with_next` and
+    `finish`) `finish`: every frame the node sent, in order."""
     conn = client.swarm.conn
-    meta = client.swarm.meta(ann, bytes(range(16)), 0)
+    meta = client.swarm.meta(ann, session_id, 0)
 
     async def ask() -> list[Frame]:
         reader, writer = await conn.open_stream(ann, "inference")
@@ -256,18 +281,20 @@ def run_steps_raw(client, ann, with_next: bool, steps: int = 1) -> list[Frame]:
 
         async def until(kind: str) -> None:
             frames.append(await read_frame(reader))
-            while frames[-1].kind != kind:
+            while frames[-1].kind not in (kind, "error"):
                 frames.append(await read_frame(reader))
 
         try:
-            opening = {**meta.to_meta(), "batch": 1, "max_length": 4}
+            opening = {**meta.to_meta(), "batch": 1, "max_length": 8, **(opening_extra or {})}
             if with_next:
                 opening["receipt_with_next"] = True
             await write_frame(writer, Frame("open_session", opening))
             for step in range(steps):
                 await write_frame(writer, Frame("step", {"step": step}, [tensor_to_wire(torch.randn(1, 1, 64))]))
                 await until("result")
-            if with_next:
+                if frames[-1].kind == "error":
+                    return frames
+            if with_next and finish:
                 await write_frame(writer, Frame("finish"))
                 await until("finished")
             await write_frame(writer, Frame("close"))
@@ -283,7 +310,7 @@ def test_a_step_receipt_rides_in_front_of_the_next_answer_when_the_client_asks(r
     comes in front of the node's next answer (the next result, or `finished`) and commits to
     exactly that output. Without it, one frame carries both."""
     model, nodes, client, keys = receipt_swarm
-    ann = next(a for a in client.swarm.router.announcements if a.start == 0 and a.online)
+    ann = serving(client, 0)
     frames = run_steps_raw(client, ann, with_next=True, steps=2)
     assert [f.kind for f in frames] == ["result", "receipt", "result", "receipt", "finished"]
     results, receipts = frames[0:3:2], frames[1:4:2]
@@ -297,7 +324,76 @@ def test_a_step_receipt_rides_in_front_of_the_next_answer_when_the_client_asks(r
     assert SignedReceipt.from_bytes(bytes(single.meta["receipt"])).verify_node()
 
 
-def test_a_node_that_sends_no_receipt_after_its_result_is_dropped(receipt_swarm, dht_peer, monkeypatch, caplog):
+def test_with_receipt_batch_the_node_sends_its_receipts_together(receipt_swarm):
+    """receipt_batch 3: the node holds three steps' receipts, then sends them in step order in
+    front of its next answer; `finish` brings the rest. Each commits to its own result."""
+    model, nodes, client, keys = receipt_swarm
+    ann = serving(client, 0)
+    frames = run_steps_raw(client, ann, with_next=True, steps=4, opening_extra={"receipt_batch": 3})
+    assert [f.kind for f in frames] == ["result"] * 3 + ["receipt"] * 3 + ["result", "receipt", "finished"]
+    results = [f for f in frames if f.kind == "result"]
+    receipts = [SignedReceipt.from_bytes(bytes(f.meta["receipt"])) for f in frames if f.kind == "receipt"]
+    assert [r.receipt.step for r in receipts] == [0, 1, 2, 3]
+    for result, signed in zip(results, receipts, strict=True):
+        assert signed.verify_node()
+        assert signed.receipt.output_hash == tensor_digest(tensor_from_wire(result.tensors[0]))
+
+
+def test_receipts_held_when_the_client_closes_without_finish_are_still_stored(receipt_swarm):
+    """The steps a node answered are its evidence even if the client closes before collecting
+    their receipts: the node signs and stores them when the session ends."""
+    model, nodes, client, keys = receipt_swarm
+    ann = serving(client, 0)
+    session_id = b"closed-unfinish\x01"
+    frames = run_steps_raw(client, ann, with_next=True, steps=2, opening_extra={"receipt_batch": 4}, finish=False,
+                           session_id=session_id)
+    assert [f.kind for f in frames] == ["result", "result"]
+    deadline = time.monotonic() + 10
+    while True:
+        with ReceiptOutbox(keys / "node0.receipts.sqlite", read_only=True) as outbox:
+            steps = sorted(e.receipt.receipt.step for e in outbox.list(10_000)
+                           if e.receipt.receipt.session_id == session_id)
+        if len(steps) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert steps == [0, 1]
+
+
+@pytest.mark.parametrize("value", [0, -1, "4", 2.5, True])
+def test_a_bad_receipt_batch_is_refused_with_a_clear_error(receipt_swarm, value):
+    model, nodes, client, keys = receipt_swarm
+    ann = serving(client, 0)
+    (error,) = run_steps_raw(client, ann, with_next=True, opening_extra={"receipt_batch": value})
+    assert error.kind == "error" and error.meta["code"] == ErrorCode.BAD_REQUEST
+    assert "receipt_batch must be a positive integer" in error.meta["message"]
+    from client import AutoDistributedModelForCausalLM
+
+    with pytest.raises(ValueError, match="receipt_batch must be an integer from 1 to 16"):
+        AutoDistributedModelForCausalLM.from_pretrained(str(model), initial_peers=[], receipt_batch=value)
+
+
+def test_a_node_that_holds_back_more_receipts_than_allowed_is_dropped(receipt_swarm, monkeypatch, caplog):
+    """Nodes that hold back 3 receipts when the client allows 1 are treated as faulty: the
+    client bans them with a clear reason instead of waiting for evidence that is late."""
+    import node.block_server as block_server
+
+    model, nodes, client, keys = receipt_swarm
+    monkeypatch.setattr(block_server, "receipt_batch", lambda meta: 3)  # every in-process node ignores the client
+    default, client.swarm.receipt_batch = client.swarm.receipt_batch, 1
+    try:
+        with caplog.at_level("WARNING", logger="corolla.client"), pytest.raises(NodeFailure):
+            client.generate(torch.tensor([[50, 51, 52]]), max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("holds back 2 receipts (at most 1 allowed)" in m for m in messages), messages
+        assert any("banned node" in m and "withholds receipts: 2 results without one" in m for m in messages)
+    finally:
+        client.swarm.receipt_batch = default
+        for n in nodes:
+            client.swarm.router.banned_until.pop(n.peer_id, None)
+
+
+def test_a_node_that_sends_no_receipt_after_its_result_is_dropped(receipt_swarm, receipt_batch, dht_peer, monkeypatch,
+                                                                  caplog):
     """A node that answers step 1 but fails to deliver its receipt (here: signing breaks
     after the result went out) is dropped like one with an invalid receipt; the tokens are
     still exact, since the output itself was right."""
@@ -317,12 +413,12 @@ def test_a_node_that_sends_no_receipt_after_its_result_is_dropped(receipt_swarm,
         client.swarm.router.fetched_at = -1e9
         ids = torch.tensor([[40, 41, 42]])
         with caplog.at_level("INFO", logger="corolla.client"):
-            with client.inference_session(max_length=8) as session:
-                out = client.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+            with client.inference_session(max_length=16) as session:
+                out = client.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)
                 assert session.spans[-1].ann.peer_id == honest_peer
         assert client.swarm.router.banned_until.get(mute.ready["peer_id"])
         assert any("sent no receipt for a result" in r.getMessage() for r in caplog.records)
-        assert out.tolist() == local_greedy(model, ids, 4).tolist()
+        assert out.tolist() == local_greedy(model, ids, 8).tolist()
     finally:
         forget(client, honest_peer, mute)
 
@@ -333,7 +429,7 @@ def test_receipt_book_rejects_output_it_did_not_receive(receipt_swarm):
     conn = client.swarm.conn
     from client.remote_calls import call_span
 
-    ann = next(a for a in client.swarm.router.announcements if a.start == 0 and a.online)
+    ann = serving(client, 0)
     meta = client.swarm.meta(ann, b"\x01" * 16, 0, request_ref=b"\x02" * 32)
     result = conn.run(call_span(conn, ann, "forward", meta, [torch.randn(1, 2, 64)], 30))
     book.verify(ann, meta, Kind.FORWARD, 0, meta.request_ref, result, None)  # honest: accepted

@@ -1,0 +1,37 @@
+"""benchmarks/receipts.py runs end to end at a tiny size and prints the keys issue #3 names.
+
+Not a speed test: it checks that the script works on a fresh checkout, that both swarms
+generate the same tokens, that the client checked a receipt for every step of every hop
+(sent in batches, `receipt_batch`), and that its last line is the JSON object other tools read.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_receipts_benchmark_prints_its_table_and_json_keys():
+    rounds, tokens = 2, 5
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "receipts.py"), "--layers", "2", "--hidden", "64",
+           "--tokens", str(tokens), "--rounds", str(rounds), "--batch", "1", "--seq", "8", "--receipt-batch", "3",
+           "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert any(line.startswith("generation (ms/token)") for line in lines)  # the readable table
+    result = json.loads(lines[-1])
+    for key in ("overhead_fraction", "forward_overhead_fraction", "latency_ms_per_token_on",
+                "latency_ms_per_token_off", "sign_us_per_receipt", "verify_us_per_receipt", "blake3_mb_per_s"):
+        assert isinstance(result[key], (int, float)), key
+    low, high = result["overhead_fraction_ci95"]
+    assert low <= high
+    assert result["outputs_identical"] is True and result["receipt_batch"] == 3
+    # generations: the check run plus `rounds` timed ones, each `tokens` steps (prefill + tokens - 1
+    # fed back) on 2 hops; forwards: warm-up plus `rounds`, one receipt per hop each
+    steps = (1 + rounds) * tokens
+    assert result["receipts_checked_by_client"] == 2 * steps + 2 * (1 + rounds)
