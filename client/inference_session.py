@@ -12,15 +12,14 @@ once and signs its receipt after, and the receipts come in front of a later answ
 node, in the same write, up to `receipt_batch` at a time (protocol/messages.py). So the
 output goes on to the next hop before any hashing or signing, a receipt costs no frame of
 its own, and the node signs and stores several in one go. A node that holds back more is
-treated as failed. Each
-receipt is verified and counter-signed as soon as it is in, in step order, on the
-event-loop thread right after the next request is written, while that node computes
-(`_release`): it never competes with the client forwarding an output. A node's
-counter-signatures travel in the same write as its next step; a node whose receipt failed
-is treated as failed at its next step, like any other failure (so at most
-`receipt_batch` + 1 steps after the result the receipt was for). `close()` (the end of `generate`) collects the receipts
-still owed (`SpanSession.finish`), checks them, sends the last counter-signatures with
-`close` and bans a node whose last receipts failed.
+treated as failed. Each receipt is verified and counter-signed as soon as it is in, in
+step order, on the event-loop thread right after the next request is written, while that
+node computes (`_release`): it never competes with the client forwarding an output. A
+node's counter-signatures travel in the same write as its next step; a node whose receipt
+failed is treated as failed at its next step, like any other failure (so at most
+`receipt_batch` + 1 steps after the result the receipt was for). `close()` (the end of
+`generate`) collects the receipts still owed (`SpanSession.finish`), checks them, sends
+the last counter-signatures with `close` and bans a node whose last receipts failed.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -25,6 +25,7 @@ import torch
 
 from node.block_steps import forward_blocks, step_blocks
 from node.cache_budget import CacheBudget
+from node.receipt_signing import HeldReceipts
 from node.task_queue import TaskInfo, TaskQueue
 from node.ticket_check import FREE, TicketDecision
 from protocol.messages import (
@@ -55,37 +56,6 @@ class ServerLimits:
     max_session_length: int = 8192
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     session_idle_timeout_s: float = 300.0
-
-
-class HeldReceipts:
-    """An inference session's answered steps whose receipts are not signed yet (`receipt_with_next`).
-
-    Every `every` steps (the client's `receipt_batch`), they are signed and stored in one
-    outbox transaction, with the counter-signatures that came meanwhile, and their `receipt`
-    frames go in front of the node's next answer. One transaction and one warm pass over
-    the signing code for several steps costs the node less per token than one per step.
-    """
-
-    def __init__(self, receipts: Any, every: int):
-        self.receipts = receipts  # node.receipt_signing.ReceiptSigner
-        self.every = every
-        self._unsigned: list[Callable[[], bytes]] = []
-
-    def add(self, sign: Callable[[], bytes]) -> list[Frame]:
-        """Hold one answered step's receipt; the receipt frames to send once `every` are held."""
-        self._unsigned.append(sign)
-        return self.take() if len(self._unsigned) >= self.every else []
-
-    def take(self) -> list[Frame]:
-        """Sign and store every held receipt now (durable on return); their frames, in step order."""
-        signed = []
-        try:
-            for sign in self._unsigned:
-                signed.append(Frame("receipt", {"receipt": sign()}))
-        finally:
-            self._unsigned.clear()
-            self.receipts.replied(store_here=True)
-        return signed
 
 
 class BlockServer:
