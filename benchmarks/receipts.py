@@ -26,7 +26,8 @@ says how far the rounds spread and `overhead_fraction_ci95` how far that leaves 
 open: with 16 rounds it moved ±3 points between runs of two identical swarms, hence 48
 shorter rounds by default), the same from the medians
 of each swarm's timings (`*_of_medians`), and `cpu_us_per_token` ({"off"|"on": {part: µs}})
-with `cpu_overhead_fraction` (all parts' CPU on vs off).
+with `cpu_overhead_fraction` (all parts' CPU on vs off), and the in-process figures
+(`node_receipt_us_per_token`, `node_receipt_fraction`, `client_check_us_per_receipt`).
 """
 
 from __future__ import annotations
@@ -167,6 +168,13 @@ def hashing_figures() -> dict[str, float]:
     return json.loads(buffer.getvalue().strip().splitlines()[-1])
 
 
+def in_process_figures(model: Path, layers: int, tokens: int, receipt_batch: int, workdir: Path) -> dict[str, Any]:
+    from benchmarks import receipts_in_process
+
+    return receipts_in_process.measure(model, layers, tokens, max(1, min(16, 512 // tokens)), receipt_batch,
+                                       workdir)
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     import torch
@@ -178,16 +186,17 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        swarms = stack.enter_context(ExitStack())  # closed before the in-process figures
         model = make_model("llama", workdir / "model", layers=args.layers, hidden=args.hidden, seed=0)
-        peers_off, pids_off = start_swarm("off", model, args.layers, workdir, stack, with_keys=False)
-        peers_on, pids_on = start_swarm("on", model, args.layers, workdir, stack, with_keys=True)
+        peers_off, pids_off = start_swarm("off", model, args.layers, workdir, swarms, with_keys=False)
+        peers_on, pids_on = start_swarm("on", model, args.layers, workdir, swarms, with_keys=True)
         Identity.load_or_create(workdir / "client.key")
         off = AutoDistributedModelForCausalLM.from_pretrained(str(model), initial_peers=peers_off)
-        stack.callback(off.close)
+        swarms.callback(off.close)
         batching = {} if args.receipt_batch is None else {"receipt_batch": args.receipt_batch}
         on = AutoDistributedModelForCausalLM.from_pretrained(str(model), initial_peers=peers_on,
                                                              key=str(workdir / "client.key"), **batching)
-        stack.callback(on.close)
+        swarms.callback(on.close)
 
         ids = torch.randint(4, 500, (1, 8), generator=torch.Generator().manual_seed(0))
         kw = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens, "do_sample": False}
@@ -207,6 +216,9 @@ def main(argv: list[str]) -> int:
                 for name, client in pair:
                     fwd[name].append(timed(lambda c=client: c(batch)))
         receipts_held = len(on.swarm.receipts.receipts)
+        receipt_batch = on.swarm.receipt_batch
+        swarms.close()  # the in-process figures get the machine to themselves
+        in_process = in_process_figures(model, args.layers, max(args.tokens, receipt_batch), receipt_batch, workdir)
 
     ms_off, ms_on = statistics.median(gen["off"]) * 1e3, statistics.median(gen["on"]) * 1e3
     fwd_off, fwd_on = statistics.median(fwd["off"]), statistics.median(fwd["on"])
@@ -223,7 +235,7 @@ def main(argv: list[str]) -> int:
     cpu_total = {side: sum(cpu[side].values()) / generated / 1e3 for side in ("off", "on")}
     hashing = hashing_figures()
     result = {
-        "model": f"llama {args.layers}x{args.hidden}", "hops": 2, "receipt_batch": on.swarm.receipt_batch,
+        "model": f"llama {args.layers}x{args.hidden}", "hops": 2, "receipt_batch": receipt_batch,
         "latency_ms_per_token_off": round(ms_off, 3), "latency_ms_per_token_on": round(ms_on, 3),
         "overhead_fraction": round(gen_ratio - 1, 4),
         "overhead_fraction_quartiles": [round(quartiles[0] - 1, 4), round(quartiles[2] - 1, 4)],
@@ -238,6 +250,8 @@ def main(argv: list[str]) -> int:
         "sha256_mb_per_s": round(hashing["sha256_mb_per_s"], 1),
         "sign_us_per_receipt": round(hashing.get("ed25519_sign_us", float("nan")), 1),
         "verify_us_per_receipt": round(hashing.get("ed25519_verify_us", float("nan")), 1),
+        **{key: in_process[key] for key in ("node_compute_us_per_token", "node_receipt_us_per_token",
+                                            "node_receipt_fraction", "client_check_us_per_receipt")},
     }
     print(f"receipts on vs off — llama {args.layers} blocks x hidden {args.hidden}, 2 nodes per swarm, loopback, "
           f"receipts sent {result['receipt_batch']} at a time")
@@ -259,6 +273,9 @@ def main(argv: list[str]) -> int:
           f"{cpu_total['on'] - cpu_total['off']:>9.1f}  ({result['cpu_overhead_fraction']:.1%})")
     print(f"hashing: blake3 {result['blake3_mb_per_s']:.0f} MB/s, sha256 {result['sha256_mb_per_s']:.0f} MB/s; "
           f"Ed25519 sign {result['sign_us_per_receipt']} µs, verify {result['verify_us_per_receipt']} µs per receipt")
+    print(f"in one process, off the network: a node's receipt work {result['node_receipt_us_per_token']} µs/token "
+          f"({result['node_receipt_fraction']:.1%} of its compute, {result['node_compute_us_per_token']} µs); "
+          f"the client's check {result['client_check_us_per_receipt']} µs per receipt (one per hop and token)")
     print(f"client verified and counter-signed {receipts_held} receipts; outputs identical: {same}")
     if args.json:
         print(json.dumps(result))
