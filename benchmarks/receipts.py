@@ -177,6 +177,15 @@ def in_process_figures(model: Path, layers: int, tokens: int, receipt_batch: int
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    from protocol.messages import MAX_RECEIPT_BATCH
+
+    if args.receipt_batch is not None and not 1 <= args.receipt_batch <= MAX_RECEIPT_BATCH:
+        print(f"receipts: --receipt-batch must be from 1 to {MAX_RECEIPT_BATCH}", file=sys.stderr)
+        return 2
+    if min(args.rounds, args.tokens, args.batch, args.seq) < 1 or args.layers < 2:
+        print("receipts: --rounds, --tokens, --batch and --seq must be at least 1, --layers at least 2",
+              file=sys.stderr)
+        return 2
     import torch
 
     from client import AutoDistributedModelForCausalLM
@@ -187,7 +196,11 @@ def main(argv: list[str]) -> int:
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         swarms = stack.enter_context(ExitStack())  # closed before the in-process figures
-        model = make_model("llama", workdir / "model", layers=args.layers, hidden=args.hidden, seed=0)
+        try:
+            model = make_model("llama", workdir / "model", layers=args.layers, hidden=args.hidden, seed=0)
+        except ValueError as exc:  # e.g. a hidden size the Llama config cannot take
+            print(f"receipts: {exc}", file=sys.stderr)
+            return 2
         peers_off, pids_off = start_swarm("off", model, args.layers, workdir, swarms, with_keys=False)
         peers_on, pids_on = start_swarm("on", model, args.layers, workdir, swarms, with_keys=True)
         Identity.load_or_create(workdir / "client.key")

@@ -133,6 +133,11 @@ def print_table(figures: dict[str, Any], layers: int, hidden: int, receipt_batch
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    from protocol.messages import MAX_RECEIPT_BATCH
+
+    if not 1 <= args.receipt_batch <= MAX_RECEIPT_BATCH:
+        print(f"receipts_in_process: --receipt-batch must be from 1 to {MAX_RECEIPT_BATCH}", file=sys.stderr)
+        return 2
     if args.tokens < args.receipt_batch or args.sessions < 1 or args.layers < 2:
         print("receipts_in_process: need --tokens >= --receipt-batch, --sessions >= 1 and --layers >= 2",
               file=sys.stderr)
@@ -141,7 +146,11 @@ def main(argv: list[str]) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        model = make_model("llama", workdir / "model", layers=args.layers, hidden=args.hidden, seed=0)
+        try:
+            model = make_model("llama", workdir / "model", layers=args.layers, hidden=args.hidden, seed=0)
+        except ValueError as exc:  # e.g. a hidden size the Llama config cannot take
+            print(f"receipts_in_process: {exc}", file=sys.stderr)
+            return 2
         figures = measure(model, args.layers, args.tokens, args.sessions, args.receipt_batch, workdir)
     print_table(figures, args.layers, args.hidden, args.receipt_batch)
     if args.json:

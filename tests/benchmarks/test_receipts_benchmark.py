@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -55,8 +57,15 @@ def test_in_process_benchmark_checks_every_receipt_it_signs():
     assert 0 < result["node_receipt_fraction"] and result["client_check_us_per_receipt"] > 0
 
 
-def test_in_process_benchmark_refuses_a_batch_longer_than_a_session():
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "receipts_in_process.py"), "--tokens", "2",
-           "--receipt-batch", "4"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert out.returncode == 2 and "--tokens >= --receipt-batch" in out.stderr and "Traceback" not in out.stderr
+@pytest.mark.parametrize("script, args, message", [
+    ("receipts_in_process.py", ["--tokens", "2", "--receipt-batch", "4"], "--tokens >= --receipt-batch"),
+    ("receipts_in_process.py", ["--receipt-batch", "0"], "--receipt-batch must be from 1 to 16"),
+    ("receipts_in_process.py", ["--hidden", "7"], "hidden size of at least 8"),
+    ("receipts.py", ["--receipt-batch", "17"], "--receipt-batch must be from 1 to 16"),
+    ("receipts.py", ["--rounds", "0"], "must be at least 1"),
+    ("receipts.py", ["--hidden", "7"], "hidden size of at least 8"),
+])
+def test_benchmarks_refuse_bad_arguments_in_one_line(script, args, message):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
